@@ -1,0 +1,1 @@
+"""Subcommands of `multinode-vllm`: one module each, with `register(subparsers)`."""
