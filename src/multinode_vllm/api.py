@@ -307,6 +307,8 @@ def _message(res: Mapping[str, Any]) -> str:
         for item in res["results"]:
             if isinstance(item, Mapping) and item.get("failed"):
                 return _message(item)
+    if not parts and res.get("censored"):
+        return str(res["censored"])  # no_log: ansible keeps the output to itself
     return "\n".join(parts) if parts else "task failed (no message)"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,7 +126,7 @@ def test_kwargs_relative_inventory_is_relative_to_the_repo(playbook: Path, tmp_p
     ],
 )
 def test_kwargs_bad_input_exits_2(
-    opts: dict[str, str], error: type[Exception], needle: str, playbook: Path, tmp_path: Path
+    opts: dict[str, Any], error: type[Exception], needle: str, playbook: Path, tmp_path: Path
 ) -> None:
     with pytest.raises(error, match=needle) as err:
         build_runner_kwargs(RunOptions(**{"playbook": str(playbook), **opts}), tmp_path)

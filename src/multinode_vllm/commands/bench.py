@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -55,7 +56,7 @@ def inventory_vars(inventory: str | Path, host: str | None = None) -> dict[str, 
     exe = Path(sys.executable).parent / "ansible-inventory"
     cmd = [str(exe if exe.exists() else "ansible-inventory"), "-i", str(inventory)]
     cmd += ["--host", host] if host else ["--list"]
-    env = {"ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg"), "PATH": "/usr/bin:/bin"}
+    env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg")}
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=PROJECT_DIR, env=env)
     data: dict[str, Any] = json.loads(out.stdout)
     return data
@@ -348,10 +349,15 @@ def plot(result: Mapping[str, Any], png: Path, title: str = "") -> Path:
         ordered = sorted(values)
         p50 = ordered[len(ordered) // 2]
         p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
-        ax.hist(values, bins=min(40, max(5, len(values) // 3)), color="#4C72B0", alpha=0.85)
+        # a few long stalls would squash the histogram: draw up to p99.5 and count the rest
+        top = ordered[min(len(ordered) - 1, round(0.995 * (len(ordered) - 1)))]
+        shown = [v for v in values if v <= top]
+        ax.hist(shown, bins=min(40, max(5, len(shown) // 3)), color="#4C72B0", alpha=0.85)
         ax.axvline(p50, color="#DD8452", linestyle="--", label=f"p50 {p50:.1f}")
         ax.axvline(p99, color="#C44E52", linestyle=":", label=f"p99 {p99:.1f}")
-        ax.set_title(f"{names[metric]} (n={len(values)})")
+        hidden = len(values) - len(shown)
+        more = f", {hidden} > {top:.0f} ms not drawn" if hidden else ""
+        ax.set_title(f"{names[metric]} (n={len(values)}{more})", fontsize=10)
         ax.set_xlabel("ms")
         ax.set_ylabel("count")
         ax.legend(fontsize=8)

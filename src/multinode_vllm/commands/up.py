@@ -12,6 +12,7 @@ Exit codes: 0 serving, 1 a play failed (host, task and message printed), 2 bad i
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -45,8 +46,9 @@ def _say(msg: str, quiet: bool) -> None:
 def prepare_testbed(name: str, nodes: int, quiet: bool) -> dict[str, Any]:
     """Node venv, tiny model and the node containers: each reused when already there."""
     # The test bed needs podman and builds large artefacts: loaded only for the embedded default.
-    from multinode_vllm import testbed  # noqa: PLC0415
-    from multinode_vllm.testbed import nodeenv, tinymodel  # noqa: PLC0415
+    testbed: Any = importlib.import_module("multinode_vllm.testbed")
+    nodeenv: Any = importlib.import_module("multinode_vllm.testbed.nodeenv")
+    tinymodel: Any = importlib.import_module("multinode_vllm.testbed.tinymodel")
 
     timings: dict[str, float] = {}
     t = time.monotonic()

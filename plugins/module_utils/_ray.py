@@ -1,0 +1,120 @@
+# Copyright: multinode.vllm contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Pure helpers of the ``ray_cluster_info`` module: what Ray sees, and what is missing.
+
+The query runs ``ray.nodes()`` in the node's own Ray (venv python, or ``docker exec`` into the
+Ray container): with the dashboard off, ``ray list`` (the state API) does not work, and
+``ray status`` prints node ids, not addresses. The script prints one marked JSON line so that the
+log lines Ray writes around it never confuse the parser.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+MARKER = "MNV_RAY_NODES "
+
+# Run as ``python -c NODES_SCRIPT ADDRESS``. log_to_driver=False: no worker logs on stdout.
+NODES_SCRIPT = (
+    "import json, sys\n"
+    "import ray\n"
+    "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False,"
+    " configure_logging=False)\n"
+    "try:\n"
+    "    print(" + repr(MARKER) + " + json.dumps(ray.nodes(), default=str), flush=True)\n"
+    "finally:\n"
+    "    ray.shutdown()\n"
+)
+
+
+class RayQueryError(Exception):
+    """The query ran but its output holds no node list."""
+
+
+def build_query_argv(python_cmd: list[str], address: str, timeout: int) -> list[str]:
+    """The argv that prints the node list; ``timeout`` bounds a query against a dead GCS."""
+    if not python_cmd:
+        raise ValueError("python_cmd is empty: give the python that has Ray, e.g. [/opt/venv/bin/python]")
+    argv = list(python_cmd) + ["-c", NODES_SCRIPT, address]
+    if timeout > 0:
+        argv = ["timeout", "--kill-after=5", str(int(timeout))] + argv
+    return argv
+
+
+def parse_nodes_output(stdout: str) -> list[dict[str, Any]]:
+    """The ``ray.nodes()`` list from the query's stdout (the last marked line wins)."""
+    found: list[dict[str, Any]] | None = None
+    for line in stdout.splitlines():
+        if line.startswith(MARKER):
+            data = json.loads(line[len(MARKER) :])
+            if not isinstance(data, list):
+                raise RayQueryError(f"ray.nodes() returned {type(data).__name__}, not a list")
+            found = [n for n in data if isinstance(n, dict)]
+    if found is None:
+        raise RayQueryError("no node list in the output of the Ray query")
+    return found
+
+
+def _num(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """Alive nodes with their address and resources; dead entries only counted.
+
+    A restarted raylet leaves its old entry behind (``Alive: false``) next to the new one, so
+    only alive entries count.
+    """
+    alive = []
+    dead = 0
+    for node in nodes:
+        if not node.get("Alive", node.get("alive", False)):
+            dead += 1
+            continue
+        res = node.get("Resources") or {}
+        alive.append(
+            {
+                "node_id": str(node.get("NodeID", "")),
+                "ip": str(node.get("NodeManagerAddress", "")),
+                "hostname": str(node.get("NodeManagerHostname", "")),
+                "is_head": bool(
+                    node.get("IsHeadNode", False) or any(k.startswith("node:__internal_head__") for k in res)
+                ),
+                "gpus": _num(res.get("GPU", 0)),
+                "cpus": _num(res.get("CPU", 0)),
+            }
+        )
+    alive.sort(key=lambda n: (not n["is_head"], n["ip"]))
+    gpus = sum(n["gpus"] for n in alive)
+    return {
+        "alive_nodes": alive,
+        "alive_count": len(alive),
+        "dead_count": dead,
+        "node_ips": sorted({n["ip"] for n in alive}),
+        "gpus": int(gpus) if float(gpus).is_integer() else gpus,
+    }
+
+
+def compare(summary: dict[str, Any], expected_nodes: list[str], expected_gpus: float | None) -> dict[str, Any]:
+    """What is missing against the expectation, and one sentence that says it."""
+    seen = set(summary["node_ips"])
+    expected = list(dict.fromkeys(expected_nodes))
+    missing = [ip for ip in expected if ip not in seen]
+    unexpected = sorted(seen - set(expected)) if expected else []
+    problems = []
+    if missing:
+        problems.append(
+            f"Ray sees {len(expected) - len(missing)} of {len(expected)} nodes: {', '.join(missing)} missing"
+        )
+    if expected_gpus is not None and summary["gpus"] < expected_gpus:
+        want = int(expected_gpus) if float(expected_gpus).is_integer() else expected_gpus
+        problems.append(f"Ray sees {summary['gpus']} of {want} GPUs")
+    if problems:
+        msg = "; ".join(problems)
+    else:
+        msg = f"Ray sees {summary['alive_count']} nodes and {summary['gpus']} GPUs"
+    return {"ok": not problems, "missing": missing, "unexpected": unexpected, "msg": msg}

@@ -1,0 +1,63 @@
+"""Shared e2e fixtures: one simulated cluster (``mnv-e2e``, 2 nodes, bond0) for the whole session.
+
+Other e2e tests take the ``testbed`` fixture (a ``multinode_vllm.testbed.Testbed``: nodes, IPs,
+``inventory`` = an inventory dir for ``ansible -i`` / ansible-runner, ``ssh_key``) and the
+``run_ansible`` fixture (runs ansible / ansible-playbook from the repository root).
+The test bed is taken down at the end of the session; its shared dir (model cache) is kept.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from multinode_vllm import PROJECT_DIR
+from multinode_vllm import testbed as tb
+
+E2E_NAME = "mnv-e2e"
+VENV_BIN = Path(PROJECT_DIR) / ".venv" / "bin"
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[tb.Testbed]:
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run scripts/bootstrap (or testbed up --install-deps)")
+    spec = tb.TestbedSpec(name=E2E_NAME, nodes=2, layout="bond0", local_inventory=False)
+    bed = tb.up(spec)
+    try:
+        yield bed
+    finally:
+        if not os.environ.get("MNV_E2E_KEEP"):  # keep it for debugging: MNV_E2E_KEEP=1
+            tb.down(E2E_NAME)
+
+
+@pytest.fixture(scope="session")
+def ansible_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ANSIBLE_CONFIG"] = str(Path(PROJECT_DIR) / "ansible.cfg")
+    env["ANSIBLE_DEPRECATION_WARNINGS"] = "False"
+    env["PATH"] = f"{VENV_BIN}:{env.get('PATH', '')}"
+    return env
+
+
+@pytest.fixture(scope="session")
+def run_ansible(ansible_env: dict[str, str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_ansible("ansible-playbook", ARGS...)``: a controller tool from the repository root."""
+
+    def _run(tool: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(VENV_BIN / tool), *args],
+            cwd=PROJECT_DIR,
+            env=ansible_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    return _run
