@@ -36,9 +36,9 @@ def build_query_argv(python_cmd: list[str], address: str, timeout: int) -> list[
     """The argv that prints the node list; ``timeout`` bounds a query against a dead GCS."""
     if not python_cmd:
         raise ValueError("python_cmd is empty: give the python that has Ray, e.g. [/opt/venv/bin/python]")
-    argv = list(python_cmd) + ["-c", NODES_SCRIPT, address]
+    argv = [*python_cmd, "-c", NODES_SCRIPT, address]
     if timeout > 0:
-        argv = ["timeout", "--kill-after=5", str(int(timeout))] + argv
+        argv = ["timeout", "--kill-after=5", str(int(timeout)), *argv]
     return argv
 
 
@@ -69,7 +69,7 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     A restarted raylet leaves its old entry behind (``Alive: false``) next to the new one, so
     only alive entries count.
     """
-    alive = []
+    alive: list[dict[str, Any]] = []
     dead = 0
     for node in nodes:
         if not node.get("Alive", node.get("alive", False)):
@@ -81,9 +81,8 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
                 "node_id": str(node.get("NodeID", "")),
                 "ip": str(node.get("NodeManagerAddress", "")),
                 "hostname": str(node.get("NodeManagerHostname", "")),
-                "is_head": bool(
-                    node.get("IsHeadNode", False) or any(k.startswith("node:__internal_head__") for k in res)
-                ),
+                "is_head": bool(node.get("IsHeadNode", False))
+                or any(str(k).startswith("node:__internal_head__") for k in res),
                 "gpus": _num(res.get("GPU", 0)),
                 "cpus": _num(res.get("CPU", 0)),
             }
@@ -99,7 +98,9 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def compare(summary: dict[str, Any], expected_nodes: list[str], expected_gpus: float | None) -> dict[str, Any]:
+def compare(
+    summary: dict[str, Any], expected_nodes: list[str], expected_gpus: float | None
+) -> dict[str, Any]:
     """What is missing against the expectation, and one sentence that says it."""
     seen = set(summary["node_ips"])
     expected = list(dict.fromkeys(expected_nodes))

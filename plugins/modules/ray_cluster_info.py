@@ -2,7 +2,8 @@
 # Copyright: multinode.vllm contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
-from __future__ import (absolute_import, division, print_function)
+from __future__ import absolute_import, division, print_function
+
 __metaclass__ = type
 
 DOCUMENTATION = r"""
@@ -89,7 +90,8 @@ alive_nodes:
   returned: always
   type: list
   elements: dict
-  sample: [{"node_id": "5d49…", "ip": "10.0.0.11", "hostname": "node1", "is_head": true, "gpus": 8.0, "cpus": 96.0}]
+  sample:
+    - {"node_id": "5d49…", "ip": "10.0.0.11", "hostname": "node1", "is_head": true, "gpus": 8.0, "cpus": 96.0}
 node_ips:
   description: Addresses of the alive nodes.
   returned: always

@@ -12,6 +12,7 @@ Needs: the node venv (/var/tmp/multinode-vllm/venvs/node, or MNV_NODE_VENV) and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -68,13 +69,22 @@ class Story:
     def head_fabric(self) -> str:
         return self.tb.node(1).ips["bond0"]
 
-    def playbook(self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()):
+    def playbook(
+        self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()
+    ):
         if self.failed:
             pytest.fail(f"an earlier step failed: {self.failed}")
         ev = {**self.extra, **(extra or {})}
         t0 = time.monotonic()
         proc = self._run(
-            "ansible-playbook", "-i", str(self.tb.inventory), *playbooks, "-e", json.dumps(ev), *args, timeout=900
+            "ansible-playbook",
+            "-i",
+            str(self.tb.inventory),
+            *playbooks,
+            "-e",
+            json.dumps(ev),
+            *args,
+            timeout=900,
         )
         PHASE_SECONDS[phase] = round(time.monotonic() - t0, 1)
         print(f"\n[phase] {phase}: {PHASE_SECONDS[phase]} s")
@@ -88,7 +98,9 @@ class Story:
 
     def unit_start(self, index: int, unit: str) -> str:
         """The unit's start timestamp (monotonic, µs): changes exactly when it (re)starts."""
-        return self.node_sh(index, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}").stdout.strip()
+        return self.node_sh(
+            index, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}"
+        ).stdout.strip()
 
     def chat(self, content: str = "Say hello.") -> dict[str, Any]:
         body = {
@@ -121,7 +133,9 @@ class Story:
 @pytest.fixture(scope="module")
 def story(testbed: Any, run_ansible: Callable[..., Any]) -> Story:
     if not (node_venv() / "bin" / "vllm").exists():
-        pytest.fail(f"node venv {node_venv()} missing: build it (multinode-vllm testbed) or set MNV_NODE_VENV")
+        pytest.fail(
+            f"node venv {node_venv()} missing: build it (multinode-vllm testbed) or set MNV_NODE_VENV"
+        )
     model = Path(testbed.shared_dir) / "models" / "tiny-llama"
     if not (model / "config.json").exists():
         from multinode_vllm.testbed.tinymodel import make_tiny_llama
@@ -176,8 +190,12 @@ def test_second_run_changes_nothing_and_restarts_nothing(story: Story) -> None:
 def test_tags_serve_after_a_serve_change_restarts_vllm_only(story: Story) -> None:
     before = {(i, u): story.unit_start(i, u) for i, u in ((1, "ray-head"), (2, "ray-worker"), (1, "vllm"))}
     story.extra.update(SERVE_CHANGE)
-    proc = story.playbook("playbooks/cluster.yml", "playbooks/serve.yml", phase="--tags serve (vLLM restart)",
-                          args=("--tags", "serve"))
+    proc = story.playbook(
+        "playbooks/cluster.yml",
+        "playbooks/serve.yml",
+        phase="--tags serve (vLLM restart)",
+        args=("--tags", "serve"),
+    )
     stats = recap(proc.stdout)
     assert stats["node1"]["changed"] >= 1 and stats["node2"]["changed"] == 0, stats
     assert story.unit_start(1, "ray-head") == before[(1, "ray-head")]
@@ -191,13 +209,19 @@ def test_tags_serve_after_a_serve_change_restarts_vllm_only(story: Story) -> Non
 def test_status_reports_a_healthy_group(story: Story) -> None:
     t0 = time.monotonic()
     result = runner_run(
-        RunOptions(inventory=story.tb.inventory, playbook="playbooks/status.yml", extra_vars=dict(story.extra))
+        RunOptions(
+            inventory=story.tb.inventory, playbook="playbooks/status.yml", extra_vars=dict(story.extra)
+        )
     )
     PHASE_SECONDS["status"] = round(time.monotonic() - t0, 1)
     status = result.exported["multinode_status"]
     print(json.dumps(status, indent=2))
     assert status["healthy"] is True
-    assert status["nodes"]["node1"]["processes"] == {"ray-head": "active", "ray-worker": "inactive", "vllm": "active"}
+    assert status["nodes"]["node1"]["processes"] == {
+        "ray-head": "active",
+        "ray-worker": "inactive",
+        "vllm": "active",
+    }
     assert status["nodes"]["node2"]["processes"]["ray-worker"] == "active"
     assert status["ray"]["node_ips"] == sorted([story.head_fabric, story.tb.node(2).ips["bond0"]])
     assert status["vllm"]["models"] == ["tiny-llama"]
@@ -209,10 +233,8 @@ def test_killed_worker_ray_is_brought_back_by_one_rerun(story: Story) -> None:
     # vLLM does not survive a lost Ray worker: wait (bounded) until it stops answering
     deadline = time.monotonic() + 120
     while story.health() == 200 and time.monotonic() < deadline:
-        try:
+        with contextlib.suppress(urllib.error.URLError, OSError):
             story.chat("ping")
-        except (urllib.error.URLError, OSError):
-            pass
         time.sleep(2)
     lost_for = story.health()
     print(f"[recovery] /health after the kill: {lost_for}")
@@ -236,5 +258,5 @@ def test_teardown_stops_everything_and_keeps_the_model(story: Story) -> None:
         assert all(s in ("inactive", "unknown") for s in out), out
     assert story.health() == -1
     assert (Path(story.tb.shared_dir) / "models" / "tiny-llama" / "config.json").exists()
-    assert not story.node_sh(1, "ls /etc/systemd/system/vllm.service", check=False).returncode == 0
+    assert story.node_sh(1, "ls /etc/systemd/system/vllm.service", check=False).returncode != 0
     print(f"\n[phases] {json.dumps(PHASE_SECONDS)}")

@@ -15,12 +15,12 @@ from typing import Any
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-
-from multinode_vllm import PROJECT_DIR
 from multinode_vllm.module_utils import _ray
 
+from multinode_vllm import PROJECT_DIR
+
 sys.path.insert(0, str(Path(PROJECT_DIR) / "collections"))
-from ansible_collections.multinode.vllm.plugins.modules import ray_cluster_info  # noqa: E402
+from ansible_collections.multinode.vllm.plugins.modules import ray_cluster_info
 
 HEAD, WORKER = "10.200.1.11", "10.200.1.12"
 
@@ -139,7 +139,12 @@ def run_main(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict[s
 def test_main_reports_both_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     py = fake_python(tmp_path, [marked([node(HEAD, head=True), node(WORKER)])])
     out = run_main(
-        {"address": f"{HEAD}:6379", "python_cmd": [str(py)], "expected_nodes": [HEAD, WORKER], "expected_gpus": 2},
+        {
+            "address": f"{HEAD}:6379",
+            "python_cmd": [str(py)],
+            "expected_nodes": [HEAD, WORKER],
+            "expected_gpus": 2,
+        },
         capsys,
     )
     assert not out.get("failed")

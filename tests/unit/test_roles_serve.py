@@ -7,6 +7,7 @@ roles' own defaults and vars files and the real templates; only the facts module
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shlex
@@ -26,7 +27,9 @@ OUR_ROLES = ["multinode", "ray_head", "ray_worker", "vllm_serve"]
 HEAD, WORKER = "10.0.1.11", "10.0.1.12"
 
 
-@pytest.mark.parametrize("role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults").is_dir()))
+@pytest.mark.parametrize(
+    "role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults").is_dir())
+)
 def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
     defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
     spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
@@ -41,7 +44,9 @@ def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
 @pytest.mark.parametrize("role", OUR_ROLES)
 def test_derived_vars_are_underscored_and_meta_depends_on_multinode(role: str) -> None:
     derived = yaml.safe_load((ROOT / "roles" / role / "vars" / "main.yml").read_text())
-    assert all(k.startswith(f"_{role}_") for k in derived), [k for k in derived if not k.startswith(f"_{role}_")]
+    assert all(k.startswith(f"_{role}_") for k in derived), [
+        k for k in derived if not k.startswith(f"_{role}_")
+    ]
     meta = yaml.safe_load((ROOT / "roles" / role / "meta" / "main.yml").read_text())
     deps = [d["role"] if isinstance(d, dict) else d for d in meta["dependencies"]]
     assert deps == ([] if role == "multinode" else ["multinode.vllm.multinode"])
@@ -135,7 +140,9 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
             "children": {
                 "vllm_cluster": {
                     "children": {
-                        "ray_head": {"hosts": {"node1": {"node_facts": facts(HEAD, ib), "ansible_host": "192.0.2.11"}}},
+                        "ray_head": {
+                            "hosts": {"node1": {"node_facts": facts(HEAD, ib), "ansible_host": "192.0.2.11"}}
+                        },
                         "ray_workers": {"hosts": {"node2": {"node_facts": facts(WORKER, ib)}}},
                     }
                 }
@@ -147,9 +154,20 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
     (tmp_path / "extra.json").write_text(json.dumps(extra))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LIBRARY=str(lib))
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml"),
-         "-e", f"@{tmp_path / 'extra.json'}"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            str(tmp_path / "hosts.yml"),
+            str(tmp_path / "pb.yml"),
+            "-e",
+            f"@{tmp_path / 'extra.json'}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, Any] = {}
@@ -161,14 +179,23 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
 
 
 def argpairs(argv: list[str]) -> dict[str, str]:
-    return {a: b for a, b in zip(argv, argv[1:], strict=False) if a.startswith("--")}
+    return {a: b for a, b in itertools.pairwise(argv) if a.startswith("--")}
 
 
 def test_native_ray_backend_renders_the_seed_command_lines(tmp_path: Path) -> None:
-    r = render(tmp_path, multinode_runtime="native", multinode_venv="/opt/v", multinode_api_key="sk-secret-1",
-               multinode_model="/models/llama", multinode_served_model_name="llama",
-               vllm_serve_enforce_eager=True, vllm_serve_dtype="float16", vllm_serve_max_model_len=8192,
-               vllm_serve_max_num_batched_tokens=65536, vllm_serve_extra_args=["--enable-chunked-prefill=False"])
+    r = render(
+        tmp_path,
+        multinode_runtime="native",
+        multinode_venv="/opt/v",
+        multinode_api_key="sk-secret-1",
+        multinode_model="/models/llama",
+        multinode_served_model_name="llama",
+        vllm_serve_enforce_eager=True,
+        vllm_serve_dtype="float16",
+        vllm_serve_max_model_len=8192,
+        vllm_serve_max_num_batched_tokens=65536,
+        vllm_serve_extra_args=["--enable-chunked-prefill=False"],
+    )
     head, worker = r["node1"], r["node2"]
     assert head["head_argv"][0] == "/opt/v/bin/ray"
     assert head["head_args"][:3] == ["start", "--head", "--block"]
@@ -209,7 +236,9 @@ def test_native_ray_backend_renders_the_seed_command_lines(tmp_path: Path) -> No
 
 
 def test_mp_backend_runs_on_every_node_with_ranks_and_headless_workers(tmp_path: Path) -> None:
-    r = render(tmp_path, multinode_runtime="native", multinode_backend="mp", vllm_serve_tensor_parallel_size=8)
+    r = render(
+        tmp_path, multinode_runtime="native", multinode_backend="mp", vllm_serve_tensor_parallel_size=8
+    )
     head, worker = argpairs(r["node1"]["vllm_args"]), argpairs(r["node2"]["vllm_args"])
     assert head["--nnodes"] == "2" and head["--node-rank"] == "0" and head["--master-addr"] == HEAD
     assert worker["--node-rank"] == "1" and worker["--master-addr"] == HEAD
@@ -220,8 +249,14 @@ def test_mp_backend_runs_on_every_node_with_ranks_and_headless_workers(tmp_path:
 
 
 def test_docker_runtime_keeps_secrets_out_of_env_and_argv(tmp_path: Path) -> None:
-    r = render(tmp_path, ib=True, multinode_runtime="docker", multinode_api_key="sk-it's",
-               multinode_hf_token="hf_abc", multinode_node_env={"NCCL_DEBUG": "INFO", "NCCL_IB_GID_INDEX": 3})
+    r = render(
+        tmp_path,
+        ib=True,
+        multinode_runtime="docker",
+        multinode_api_key="sk-it's",
+        multinode_hf_token="hf_abc",
+        multinode_node_env={"NCCL_DEBUG": "INFO", "NCCL_IB_GID_INDEX": 3},
+    )
     head = r["node1"]
     # container env: network + HF_HOME + RAY_ADDRESS, all strings, no secret
     env = head["docker_env"]
@@ -235,13 +270,28 @@ def test_docker_runtime_keeps_secrets_out_of_env_and_argv(tmp_path: Path) -> Non
     # the secrets file is sourced by /bin/sh: shell quoting must survive a quote in the key
     secrets = head["vllm.env"]
     assert "HF_TOKEN=hf_abc" in secrets
-    proc = subprocess.run(["/bin/sh", "-c", f"set -a; . {tmp_path}/out/node1-vllm.env; printf %s \"$VLLM_API_KEY\""],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["/bin/sh", "-c", f'set -a; . {tmp_path}/out/node1-vllm.env; printf %s "$VLLM_API_KEY"'],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout == "sk-it's"
     # the entrypoint sources it then execs the real command with its arguments
     ep = head["entrypoint"]
-    proc = subprocess.run(["/bin/sh", "-c", ep.replace("/run/multinode-vllm/secrets.env", f"{tmp_path}/out/node1-vllm.env"),
-                           "/bin/sh", "-c", 'printf "%s|%s" "$VLLM_API_KEY" "$0"', "arg0"],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        [
+            "/bin/sh",
+            "-c",
+            ep.replace("/run/multinode-vllm/secrets.env", f"{tmp_path}/out/node1-vllm.env"),
+            "/bin/sh",
+            "-c",
+            'printf "%s|%s" "$VLLM_API_KEY" "$0"',
+            "arg0",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert proc.stdout == "sk-it's|arg0"
     assert r["node1"]["endpoint_host"] == "192.0.2.11"

@@ -1,0 +1,82 @@
+# Copyright (c) multinode.vllm developers
+# Apache License 2.0 (see LICENSE)
+"""The planner as a Jinja2 filter for the validate phase."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: vllm_plan
+short_description: Check tensor x pipeline parallel and weights + KV cache against a cluster
+description:
+  - Computes the parameter count and KV cache bytes per token from a model's C(config.json),
+    then checks that TP x PP matches the GPUs and that weights and KV cache fit in GPU memory.
+  - Fails with a message naming the variable to change when the input is invalid.
+author: multinode.vllm developers (@multinode)
+options:
+  _input:
+    description: A model's config.json as a dict, or a path to it or to the model directory.
+    type: raw
+    required: true
+  nodes:
+    description: Number of nodes.
+    type: int
+    required: true
+  gpus_per_node:
+    description: GPUs per node.
+    type: int
+    required: true
+  gpu_memory_bytes:
+    description: Memory of one GPU in bytes.
+    type: int
+    required: true
+  gpu_memory_utilization:
+    description: Fraction of GPU memory vLLM may use.
+    type: float
+    default: 0.9
+  max_model_len:
+    description: Maximum context length; the model's own when omitted.
+    type: int
+  dtype:
+    description: Weight dtype (auto takes the config's torch_dtype).
+    type: str
+    default: auto
+  tensor_parallel_size:
+    description: Tensor parallel size; GPUs per node when omitted.
+    type: int
+  pipeline_parallel_size:
+    description: Pipeline parallel size; the number of nodes when omitted.
+    type: int
+"""
+
+EXAMPLES = r"""
+- name: Plan Llama 3.1 405B on 2 x 8 x H100
+  ansible.builtin.debug:
+    msg: "{{ '/models/llama-405b' | multinode.vllm.vllm_plan(nodes=2, gpus_per_node=8, gpu_memory_bytes=85899345920) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: The plan, with tensor_parallel_size, pipeline_parallel_size, weight_bytes, kv_bytes_per_token, kv_cache_tokens, fits and reason.
+  type: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.multinode.vllm.plugins.module_utils._planner import PlanError, load_config, plan
+
+
+def vllm_plan(config, **kwargs):
+    try:
+        if not isinstance(config, dict):
+            config = load_config(str(config))
+        return plan(dict(config), **kwargs)
+    except PlanError as exc:
+        raise AnsibleFilterError(str(exc)) from exc
+    except TypeError as exc:
+        raise AnsibleFilterError("vllm_plan: %s" % exc) from exc
+
+
+class FilterModule:
+    def filters(self):
+        return {"vllm_plan": vllm_plan}

@@ -1,0 +1,73 @@
+"""`multinode-vllm plan`: does a model fit the cluster? TP x PP, weights and KV cache in numbers."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from multinode_vllm.module_utils._planner import GIB, PlanError, load_config, plan
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "plan",
+        help="check TP x PP and weights + KV cache against the cluster before touching any host",
+        description="Plan a deployment from a model's config.json. Exit 0: fits; 1: does not fit; 2: bad input.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a config.json or a model directory holding one")
+    p.add_argument("--nodes", type=int, required=True)
+    p.add_argument("--gpus-per-node", type=int, required=True)
+    p.add_argument(
+        "--gpu-memory-gib", type=float, required=True, help="memory of one GPU in GiB (80 for H100)"
+    )
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--kv-cache-dtype", default="auto")
+    p.add_argument("--tensor-parallel-size", type=int)
+    p.add_argument("--pipeline-parallel-size", type=int)
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        result = plan(
+            load_config(args.model),
+            nodes=args.nodes,
+            gpus_per_node=args.gpus_per_node,
+            gpu_memory_bytes=int(args.gpu_memory_gib * GIB),
+            gpu_memory_utilization=args.gpu_memory_utilization,
+            max_model_len=args.max_model_len,
+            dtype=args.dtype,
+            kv_cache_dtype=args.kv_cache_dtype,
+            tensor_parallel_size=args.tensor_parallel_size,
+            pipeline_parallel_size=args.pipeline_parallel_size,
+        )
+    except PlanError as exc:
+        if args.json:
+            print(json.dumps({"error": str(exc), "variable": exc.variable}))
+        print(f"plan: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        rows = [
+            (
+                "tensor × pipeline parallel",
+                f"{result['tensor_parallel_size']} × {result['pipeline_parallel_size']}",
+            ),
+            ("parameters", f"{result['parameters'] / 1e9:.2f} B"),
+            ("weights", f"{result['weight_bytes'] / 1e9:.1f} GB ({result['dtype']})"),
+            ("weights per GPU", f"{result['weight_bytes_per_gpu'] / GIB:.1f} GiB"),
+            ("GPU budget", f"{result['gpu_budget_bytes'] / GIB:.1f} GiB"),
+            ("KV cache per token", f"{result['kv_bytes_per_token']:,} bytes ({result['kv_cache_dtype']})"),
+            ("KV cache tokens", f"{result['kv_cache_tokens']:,}"),
+            ("max model length", f"{result['max_model_len']:,}"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        for key, value in rows:
+            print(f"{key:<{width}}  {value}")
+        print(result["reason"])
+    return 0 if result["fits"] else 1

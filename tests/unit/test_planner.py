@@ -1,0 +1,199 @@
+"""Planner: hand-computed numbers, refusals, the CLI and the filter through Ansible."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from multinode_vllm.cli import main
+from multinode_vllm.module_utils._planner import GIB, PlanError, load_config, parameter_count, plan
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "tests" / "fixtures" / "models"
+H100 = 80 * GIB
+
+
+def cfg(name: str) -> dict:
+    return load_config(str(MODELS / name))
+
+
+def test_405b_kv_per_token_and_weights() -> None:
+    result = plan(cfg("llama-3.1-405b"), nodes=2, gpus_per_node=8, gpu_memory_bytes=H100, dtype="float16")
+    # 2 (K and V) · 126 layers · 8 KV heads · 128 head_dim · 2 bytes
+    assert result["kv_bytes_per_token"] == 2 * 126 * 8 * 128 * 2 == 516_096
+    # per layer: attention 2·16384² + 2·16384·1024 = 570,425,344; MLP 3·16384·53248 = 2,617,245,696;
+    # norms 32,768 → 3,187,703,808 × 126 = 401,650,679,808; + embeddings and lm_head 2·128256·16384
+    # = 4,202,692,608; + final norm 16,384 → 405,853,388,800 parameters → 811.7 GB in FP16.
+    assert result["parameters"] == 405_853_388_800
+    assert result["weight_bytes"] == 811_706_777_600
+    assert result["tensor_parallel_size"] == 8
+    assert result["pipeline_parallel_size"] == 2
+    assert result["fits"] is True
+    # 72 GiB budget − 47.24 GiB weights − 2 GiB overhead = 22.76 GiB per GPU, × 16 GPUs / 516,096 B
+    expected_tokens = (int(H100 * 0.9) - 811_706_777_600 // 16 - 2 * GIB) * 16 // 516_096
+    assert result["kv_cache_tokens"] == expected_tokens
+    assert 750_000 < expected_tokens < 760_000
+
+
+def test_405b_does_not_fit_on_one_node() -> None:
+    result = plan(cfg("llama-3.1-405b"), nodes=1, gpus_per_node=8, gpu_memory_bytes=H100)
+    assert result["fits"] is False
+    assert result["kv_cache_tokens"] == 0
+    assert "94.5 GiB of weights" in result["reason"]
+    assert "72.0 GiB" in result["reason"]
+
+
+def test_70b_fits_on_one_node() -> None:
+    result = plan(cfg("llama-3.1-70b"), nodes=1, gpus_per_node=8, gpu_memory_bytes=H100)
+    assert result["fits"] is True
+    # 80 layers · 8 KV heads · 128 · 2 · 2 bytes = 327,680 bytes per token
+    assert result["kv_bytes_per_token"] == 327_680
+    assert 70.5e9 < result["parameters"] < 70.6e9
+
+
+def test_8b_parameters() -> None:
+    assert 8.0e9 < parameter_count(cfg("llama-3.1-8b")) < 8.04e9
+
+
+def test_tiny_model_pp2() -> None:
+    result = plan(cfg("tiny-llama"), nodes=2, gpus_per_node=1, gpu_memory_bytes=8 * GIB, max_model_len=512)
+    assert (result["tensor_parallel_size"], result["pipeline_parallel_size"]) == (1, 2)
+    assert result["kv_bytes_per_token"] == 2 * 2 * 2 * 32 * 2
+    assert result["fits"] is True
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "variable", "fragment"),
+    [
+        (
+            {"tensor_parallel_size": 6, "pipeline_parallel_size": 1, "gpus_per_node": 6},
+            "tensor_parallel_size",
+            "does not divide num_attention_heads=32",
+        ),
+        (
+            {"tensor_parallel_size": 4, "pipeline_parallel_size": 1},
+            "tensor_parallel_size",
+            "make the product 8",
+        ),
+        ({"max_model_len": 1_000_000}, "max_model_len", "above the model's maximum 131072"),
+        ({"dtype": "int3"}, "dtype", "unknown dtype 'int3'"),
+        ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization", "must be in (0, 1]"),
+        ({"nodes": 0}, "nodes", "positive integer"),
+    ],
+)
+def test_refusals_name_the_variable(kwargs: dict, variable: str, fragment: str) -> None:
+    args = {"nodes": 1, "gpus_per_node": 8, "gpu_memory_bytes": H100, **kwargs}
+    with pytest.raises(PlanError) as err:
+        plan(cfg("llama-3.1-8b"), **args)
+    assert err.value.variable == variable
+    assert fragment in str(err.value)
+
+
+def test_missing_config(tmp_path: Path) -> None:
+    with pytest.raises(PlanError, match="no config.json"):
+        load_config(str(tmp_path))
+
+
+def test_cli_json_fits(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(
+        [
+            "plan",
+            str(MODELS / "llama-3.1-405b"),
+            "--nodes",
+            "2",
+            "--gpus-per-node",
+            "8",
+            "--gpu-memory-gib",
+            "80",
+            "--json",
+        ]
+    )
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert out["fits"] is True
+    assert out["kv_bytes_per_token"] == 516_096
+    assert {"tensor_parallel_size", "pipeline_parallel_size", "weight_bytes", "kv_cache_tokens"} <= set(out)
+
+
+def test_cli_exit_codes(capsys: pytest.CaptureFixture[str]) -> None:
+    model = str(MODELS / "llama-3.1-405b" / "config.json")
+    assert main(["plan", model, "--nodes", "1", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]) == 1
+    assert "does not fit" in capsys.readouterr().out
+    assert (
+        main(
+            [
+                "plan",
+                model,
+                "--nodes",
+                "2",
+                "--gpus-per-node",
+                "8",
+                "--gpu-memory-gib",
+                "80",
+                "--tensor-parallel-size",
+                "3",
+            ]
+        )
+        == 2
+    )
+    assert "tensor_parallel_size" in capsys.readouterr().err
+
+
+def test_filter_through_ansible() -> None:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    bin_dir = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+    expr = (
+        "{{ (model | multinode.vllm.vllm_plan(nodes=2, gpus_per_node=8, gpu_memory_bytes=85899345920))"
+        ".kv_bytes_per_token }}"
+    )
+    proc = subprocess.run(
+        [
+            str(bin_dir / "ansible"),
+            "localhost",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            f"msg={expr}",
+            "-e",
+            f"model={MODELS / 'llama-3.1-405b'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "516096" in proc.stdout
+    bad = subprocess.run(
+        [
+            str(bin_dir / "ansible"),
+            "localhost",
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-m",
+            "ansible.builtin.debug",
+            "-a",
+            "msg={{ model | multinode.vllm.vllm_plan(nodes=2, gpus_per_node=8, gpu_memory_bytes=1,"
+            " tensor_parallel_size=3) }}",
+            "-e",
+            f"model={MODELS / 'llama-3.1-405b'}",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert bad.returncode != 0
+    assert "tensor_parallel_size: 3 does not divide" in bad.stdout + bad.stderr
