@@ -96,6 +96,11 @@ fast = PreTrainedTokenizerFast(
 )
 fast.chat_template = params["chat_template"]
 fast.save_pretrained(dest)
+# transformers 5 writes chat_template.jinja; older readers look in tokenizer_config.json.
+tc_path = dest / "tokenizer_config.json"
+tc = json.loads(tc_path.read_text())
+tc["chat_template"] = params["chat_template"]
+tc_path.write_text(json.dumps(tc, indent=2) + "\n")
 
 vocab = tok.get_vocab_size()
 cfg = dict(params["config"], vocab_size=vocab)
@@ -113,6 +118,8 @@ GenerationConfig(
     bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, pad_token_id=fast.pad_token_id,
     do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=64,
 ).save_pretrained(dest)
+for f in dest.iterdir():
+    f.chmod(0o644)
 print(json.dumps({"vocab_size": vocab, "parameters": sum(p.numel() for p in model.parameters())}))
 '''
 

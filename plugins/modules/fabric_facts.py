@@ -1,0 +1,154 @@
+#!/usr/bin/python
+# Copyright (c) multinode.vllm developers
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+module: fabric_facts
+short_description: Detect the control IP and the NCCL/Gloo interfaces of a GPU node
+description:
+  - Chooses the control interface and IP (VLLM_HOST_IP, the Ray node IP, GLOO_SOCKET_IFNAME) and the
+    data interfaces (NCCL_SOCKET_IFNAME) from C(ip -j addr).
+  - "Rules, in order: explicit options win; else C(bond0) (bare metal); else the droplet layout, where
+    the fabric IP is that of C(eth2) and C(eth2..eth9) are the NCCL rails (the public C(eth0) is never
+    chosen, the VPC C(eth1) only with O(prefer_vpc)); else the interface of the default route."
+  - Fails when the chosen interface is missing, down, or has no IPv4 address.
+author: multinode.vllm developers (@multinode)
+attributes:
+  check_mode:
+    support: full
+    description: Only reads.
+  diff_mode:
+    support: none
+    description: Changes nothing.
+  facts:
+    support: full
+    description: Returns C(ansible_facts.multinode_fabric).
+options:
+  control_interface:
+    description: Use this interface for control traffic instead of the detected one.
+    type: str
+  data_interfaces:
+    description: Use these interfaces for NCCL instead of the detected ones.
+    type: list
+    elements: str
+  control_ip:
+    description: The address to use when the control interface has several.
+    type: str
+  prefer_vpc:
+    description: On the droplet layout, put control traffic on the VPC interface C(eth1).
+    type: bool
+    default: false
+  ip_binary:
+    description: The C(ip) command to run.
+    type: path
+    default: ip
+  sysfs_root:
+    description: Root of sysfs, where link speeds are read.
+    type: path
+    default: /sys
+"""
+
+EXAMPLES = r"""
+- name: Detect the fabric
+  multinode.vllm.fabric_facts:
+
+- name: Bare metal with an explicit fabric interface
+  multinode.vllm.fabric_facts:
+    control_interface: bond0
+
+- name: Show the NCCL interfaces
+  ansible.builtin.debug:
+    msg: "{{ ansible_facts['multinode_fabric']['nccl_socket_ifname'] }}"
+"""
+
+RETURN = r"""
+ansible_facts:
+  description: The detected fabric.
+  returned: always
+  type: dict
+  contains:
+    multinode_fabric:
+      description: >-
+        control_interface, control_ip, control_prefix, control_subnet, data_interfaces,
+        nccl_socket_ifname, gloo_socket_ifname, vllm_host_ip, layout, source and interfaces.
+      type: dict
+      returned: always
+      sample:
+        control_interface: bond0
+        control_ip: 10.10.0.11
+        control_subnet: 10.10.0.0/24
+        nccl_socket_ifname: bond0
+        layout: bond0
+"""
+
+import json
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.multinode.vllm.plugins.module_utils._fabric import (
+    FabricError,
+    default_route_interface,
+    parse_ip_addr,
+    select_fabric,
+)
+
+
+def _speeds(sysfs_root, names):
+    speeds = {}
+    for name in names:
+        try:
+            with open(os.path.join(sysfs_root, "class", "net", name, "speed")) as handle:
+                value = int(handle.read().strip())
+        except (OSError, ValueError):
+            continue
+        if value > 0:
+            speeds[name] = value
+    return speeds
+
+
+def _ip_json(module, args):
+    rc, out, err = module.run_command([module.params["ip_binary"], "-j"] + args)
+    if rc != 0:
+        module.fail_json(msg="'ip -j %s' failed (rc %s): %s" % (" ".join(args), rc, err.strip()))
+    try:
+        return json.loads(out or "[]")
+    except ValueError as exc:
+        module.fail_json(msg="cannot parse 'ip -j %s' output: %s" % (" ".join(args), exc))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            control_interface=dict(type="str"),
+            data_interfaces=dict(type="list", elements="str"),
+            control_ip=dict(type="str"),
+            prefer_vpc=dict(type="bool", default=False),
+            ip_binary=dict(type="path", default="ip"),
+            sysfs_root=dict(type="path", default="/sys"),
+        ),
+        supports_check_mode=True,
+    )
+    links = _ip_json(module, ["addr"])
+    routes = _ip_json(module, ["route", "show", "default"])
+    names = [link.get("ifname") for link in links if link.get("ifname")]
+    interfaces = parse_ip_addr(links, _speeds(module.params["sysfs_root"], names))
+    try:
+        fabric = select_fabric(
+            interfaces,
+            default_route_interface(routes),
+            control_interface=module.params["control_interface"],
+            data_interfaces=module.params["data_interfaces"],
+            control_ip=module.params["control_ip"],
+            prefer_vpc=module.params["prefer_vpc"],
+        )
+    except FabricError as exc:
+        module.fail_json(msg=str(exc))
+    module.exit_json(changed=False, ansible_facts={"multinode_fabric": fabric})
+
+
+if __name__ == "__main__":
+    main()
