@@ -176,6 +176,8 @@ def test_fabric_facts_on_this_machine() -> None:
             "local",
             "-m",
             "multinode.vllm.fabric_facts",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
         ],
         capture_output=True,
         text=True,

@@ -229,8 +229,7 @@ def _ensure_wheelhouse(venv: Path, progress: _Progress) -> Path:
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     with progress.step("wheelhouse", f"pip download {' '.join(WHEELHOUSE_SPEC)} -> {dest}"):
-        pip = [sys.executable, "-m", "pip"] if shutil.which("pip") is None else ["pip"]
-        _run([*pip, "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), *WHEELHOUSE_SPEC], "pip download")
+        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), *WHEELHOUSE_SPEC], "pip download")
     return dest
 
 
