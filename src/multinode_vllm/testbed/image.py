@@ -38,6 +38,8 @@ PACKAGES = (
     "sudo",
     "procps",
     "nftables",
+    # vLLM's CPU extension (vllm._C) links against libnuma.
+    "libnuma1",
 )
 
 # Each node makes its own SSH host keys at first boot (the image carries none).
