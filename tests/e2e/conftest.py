@@ -61,3 +61,11 @@ def run_ansible(ansible_env: dict[str, str]) -> Callable[..., subprocess.Complet
         )
 
     return _run
+
+
+@pytest.fixture(scope="session")
+def node_venv() -> Path:
+    """The node venv (real Ray, vLLM CPU build, nvidia-ml-py), built once and cached on the host."""
+    from multinode_vllm.testbed.nodeenv import build_node_venv
+
+    return build_node_venv()
