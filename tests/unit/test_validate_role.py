@@ -1,0 +1,134 @@
+"""The validate role through the real ansible-playbook, on inventories with bad variables.
+
+No node is contacted (the play runs action plugins and lookups only; the addresses below are
+never dialled). Every failing case must stop and name the variable to change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from multinode_vllm import PROJECT_DIR
+
+ROOT = Path(PROJECT_DIR)
+BIN = ROOT / ".venv" / "bin"
+MODEL_405B = str(ROOT / "tests" / "fixtures" / "models" / "llama-3.1-405b")
+
+
+def inventory(heads: list[str], workers: list[str], **cluster_vars: Any) -> dict[str, Any]:
+    def hosts(names: list[str]) -> dict[str, Any]:
+        # 192.0.2.0/24 is TEST-NET-1: never routed, and never dialled by the validate phase
+        return {n: {"ansible_host": f"192.0.2.{10 + int(n[-1])}"} for n in names}
+
+    return {
+        "all": {
+            "children": {
+                "vllm_cluster": {
+                    "children": {
+                        "ray_head": {"hosts": hosts(heads)},
+                        "ray_workers": {"hosts": hosts(workers)},
+                    },
+                    "vars": {"validate_model_config_path": MODEL_405B, **cluster_vars},
+                }
+            }
+        }
+    }
+
+
+def run_validate(tmp_path: Path, inv: dict[str, Any], *extra: str) -> tuple[int, str]:
+    path = tmp_path / "hosts.yml"
+    path.write_text(yaml.safe_dump(inv))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(path), "playbooks/validate.yml", *extra],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # the yaml callback folds long messages: compare with whitespace collapsed
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_405b_on_two_8xh100_nodes_passes_and_shows_the_plan(tmp_path: Path) -> None:
+    rc, out = run_validate(tmp_path, inventory(["node1"], ["node2"]))
+    assert rc == 0, out
+    # 405B in bf16: 126 layers x 8 KV heads x 128 dims x 2 (K and V) x 2 bytes = 516096 B/token
+    assert "TP 8 x PP 2 on 2 nodes x 8 GPUs" in out
+    assert "516096 B/token" in out
+    assert "failed=0" in out
+
+
+@pytest.mark.parametrize(
+    ("inv", "extra", "expected"),
+    [
+        pytest.param(
+            inventory(["node1", "node2"], ["node3"]),
+            {},
+            ["Group ray_head (multinode_head_group) holds 2 hosts (node1, node2)", "exactly one"],
+            id="two-heads",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"multinode_ray_port": 70000},
+            ["Not a port: multinode_ray_port=70000 on node1", "1-65535"],
+            id="port-out-of-range",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"multinode_vllm_port": 6379},
+            ["Ports clash on node1: multinode_vllm_port=6379, multinode_ray_port=6379"],
+            id="ports-clash",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_tensor_parallel_size": 8, "vllm_serve_pipeline_parallel_size": 3},
+            [
+                "vllm_serve_tensor_parallel_size=8 x vllm_serve_pipeline_parallel_size=3 = 24 GPUs",
+                "2 nodes x 8 GPUs = 16",
+            ],
+            id="tp-x-pp-mismatch",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"multinode_runtime": "podman", "vllm_serve_gpu_memory_utilization": 1.5},
+            ["multinode_runtime=podman on node1 (one of native, docker)"],
+            id="unknown-runtime",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_gpu_memory_utilization": 0.3},
+            ["does not fit", "vllm_serve_gpu_memory_utilization=0.3", "validate_ignore_plan=true"],
+            id="does-not-fit",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_max_model_len": 200000},
+            ["max_model_len: 200000 is above the model's maximum 131072", "Fix: change vllm_serve_max_model_len"],
+            id="planner-refuses",
+        ),
+    ],
+)
+def test_bad_inventory_stops_naming_the_variable(
+    tmp_path: Path, inv: dict[str, Any], extra: dict[str, Any], expected: list[str]
+) -> None:
+    rc, out = run_validate(tmp_path, inv, *(["-e", json.dumps(extra)] if extra else []))
+    assert rc == 2, out
+    for text in expected:
+        assert text in out, f"{text!r} not in output:\n{out[-3000:]}"
+
+
+def test_escape_hatch_lets_a_plan_that_does_not_fit_through(tmp_path: Path) -> None:
+    extra = {"vllm_serve_gpu_memory_utilization": 0.3, "validate_ignore_plan": True}
+    rc, out = run_validate(tmp_path, inventory(["node1"], ["node2"]), "-e", json.dumps(extra))
+    assert rc == 0, out
+    assert "does not fit" in out  # still reported
