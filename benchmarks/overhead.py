@@ -60,9 +60,7 @@ def ssh_argv(hv: dict[str, Any], host: str) -> list[str]:
 
 
 def sh(hv: dict[str, Any], host: str, command: str, timeout: float = 120) -> str:
-    out = subprocess.run(
-        [*ssh_argv(hv, host), command], capture_output=True, text=True, timeout=timeout, check=True
-    )
+    out = subprocess.run([*ssh_argv(hv, host), command], capture_output=True, text=True, timeout=timeout, check=True)
     return out.stdout
 
 
@@ -80,9 +78,7 @@ def by_hand(inventory: str, timeout: float = 600) -> float:
     head = head_host(listing)
     workers = list((listing.get("ray_workers") or {}).get("hosts") or [])
     hv = hostvars[head]
-    venv = first(
-        hv, "multinode_venv", "multinode_node_venv", "ray_head_venv", default="/opt/multinode-vllm/venv"
-    )
+    venv = first(hv, "multinode_venv", "multinode_node_venv", "ray_head_venv", default="/opt/multinode-vllm/venv")
     model = first(hv, "multinode_model_path", "multinode_model", "vllm_serve_model")
     served = first(hv, "multinode_served_model_name", "vllm_serve_served_model_name", default="tiny")
     port = int(first(hv, "multinode_vllm_port", "vllm_serve_port", default=8000))

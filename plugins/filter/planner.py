@@ -58,7 +58,9 @@ EXAMPLES = r"""
 
 RETURN = r"""
 _value:
-  description: The plan, with tensor_parallel_size, pipeline_parallel_size, weight_bytes, kv_bytes_per_token, kv_cache_tokens, fits and reason.
+  description: >-
+    The plan, with tensor_parallel_size, pipeline_parallel_size, weight_bytes,
+    kv_bytes_per_token, kv_cache_tokens, fits and reason.
   type: dict
 """
 

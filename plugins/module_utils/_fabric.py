@@ -16,9 +16,7 @@ class FabricError(ValueError):
     """The chosen interface cannot be used; the message names it and the variable to set."""
 
 
-def parse_ip_addr(
-    data: list[dict[str, Any]], speeds: dict[str, int] | None = None
-) -> dict[str, dict[str, Any]]:
+def parse_ip_addr(data: list[dict[str, Any]], speeds: dict[str, int] | None = None) -> dict[str, dict[str, Any]]:
     """Index `ip -j addr` output by interface name."""
     interfaces: dict[str, dict[str, Any]] = {}
     for link in data:
@@ -68,9 +66,7 @@ def _usable(interfaces: dict[str, dict[str, Any]], name: str, variable: str) -> 
             f"interface {name} is down (operstate {iface['operstate']}); bring it up or set {variable} to another one"
         )
     if not iface["ipv4"]:
-        raise FabricError(
-            f"interface {name} has no IPv4 address; configure one or set {variable} to another one"
-        )
+        raise FabricError(f"interface {name} has no IPv4 address; configure one or set {variable} to another one")
     return iface
 
 
@@ -123,9 +119,7 @@ def select_fabric(
         match = [a for a in addresses if a["address"] == control_ip]
         if not match:
             found = ", ".join(a["address"] for a in addresses)
-            raise FabricError(
-                f"control_ip {control_ip} is not on {control} (it has {found}); fix fabric_control_ip"
-            )
+            raise FabricError(f"control_ip {control_ip} is not on {control} (it has {found}); fix fabric_control_ip")
         chosen = match[0]
     else:
         chosen = addresses[0]
@@ -143,9 +137,7 @@ def select_fabric(
         "gloo_socket_ifname": control,
         "vllm_host_ip": chosen["address"],
         "interfaces": {
-            name: {
-                k: v for k, v in i.items() if k in ("operstate", "up", "mtu", "ipv4", "speed_mbps", "master")
-            }
+            name: {k: v for k, v in i.items() if k in ("operstate", "up", "mtu", "ipv4", "speed_mbps", "master")}
             for name, i in interfaces.items()
             if name != "lo"
         },

@@ -99,6 +99,7 @@ def summarize(
             )
         detail = "; ".join(problems) or f"no {hca_prefix}* HCA"
         raise IbError(
-            f"{active_ports} of the required {require_active_ports} InfiniBand ports are active and fast enough: {detail}"
+            f"{active_ports} of the required {require_active_ports} InfiniBand ports are active "
+            f"and fast enough: {detail}"
         )
     return facts

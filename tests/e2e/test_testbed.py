@@ -65,9 +65,7 @@ def test_up_with_other_parameters_is_refused(testbed):
 
 
 def test_subnet_clash_is_detected_before_anything_is_created(testbed):
-    clash = tb.TestbedSpec(
-        name="mnv-e2e-clash", subnet_index=testbed.spec.resolved_index(), local_inventory=False
-    )
+    clash = tb.TestbedSpec(name="mnv-e2e-clash", subnet_index=testbed.spec.resolved_index(), local_inventory=False)
     with pytest.raises(tb.UsageError) as err:
         tb.up(clash)
     msg = str(err.value)
@@ -82,9 +80,7 @@ def test_nodes_are_distinct_systemd_machines(testbed):
         out = tb.exec(testbed.name, node.index, ["systemctl", "is-system-running", "--wait"], check=False)
         assert out.stdout.strip() == "running", out.stdout
         ids.add(tb.exec(testbed.name, node.index, ["cat", "/etc/machine-id"]).stdout.strip())
-        hostkeys.add(
-            tb.exec(testbed.name, node.index, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1]
-        )
+        hostkeys.add(tb.exec(testbed.name, node.index, ["cat", "/etc/ssh/ssh_host_ed25519_key.pub"]).stdout.split()[1])
         assert tb.exec(testbed.name, node.index, ["hostname"]).stdout.strip() == node.hostname
         shm = tb.exec(testbed.name, node.index, ["df", "-B1", "--output=size", "/dev/shm"]).stdout.split()[-1]
         assert int(shm) == 2 * 1024**3
@@ -98,9 +94,7 @@ def test_one_default_route_via_eth0_and_fabric_between_nodes(testbed):
     addrs = json.loads(tb.exec(testbed.name, 1, ["ip", "-j", "-4", "addr", "show", "bond0"]).stdout)
     assert addrs[0]["addr_info"][0]["local"] == testbed.node(1).ips["bond0"]
     peer = testbed.node(2).ips["bond0"]
-    out = tb.exec(
-        testbed.name, 1, ["timeout", "3", "bash", "-c", f"</dev/tcp/{peer}/22 && echo open"], check=False
-    )
+    out = tb.exec(testbed.name, 1, ["timeout", "3", "bash", "-c", f"</dev/tcp/{peer}/22 && echo open"], check=False)
     assert out.stdout.strip() == "open", out.stderr
 
 
@@ -145,9 +139,7 @@ def test_fake_ib_tree_is_installed(testbed):
     pytest.importorskip("multinode_vllm.testbed.fake_ib")
     out = tb.exec(testbed.name, 1, ["ls", "/opt/fake-sysfs/class/infiniband"]).stdout.split()
     assert len(out) == 8
-    state = tb.exec(
-        testbed.name, 1, ["cat", f"/opt/fake-sysfs/class/infiniband/{out[0]}/ports/1/state"]
-    ).stdout
+    state = tb.exec(testbed.name, 1, ["cat", f"/opt/fake-sysfs/class/infiniband/{out[0]}/ports/1/state"]).stdout
     assert "ACTIVE" in state
 
 
@@ -170,9 +162,7 @@ def test_idle_nodes_use_little_memory(testbed):
             stat = dict(line.split() for line in (v1 / "memory.stat").read_text().splitlines())
             used[node.hostname] = int(stat["total_rss"]) + int(stat.get("total_shmem", 0))
         else:
-            used[node.hostname] = int(
-                (Path("/sys/fs/cgroup") / cg.lstrip("/") / "memory.current").read_text()
-            )
+            used[node.hostname] = int((Path("/sys/fs/cgroup") / cg.lstrip("/") / "memory.current").read_text())
     print("idle memory per node (MB):", {k: round(v / 1e6, 1) for k, v in used.items()})
     assert all(0 < v < 150e6 for v in used.values()), used
 
@@ -212,9 +202,7 @@ def test_droplet_layout_then_down_leaves_nothing():
             assert [r["dev"] for r in routes] == ["eth0"]
             ids.append(_podman("inspect", "--format", "{{.Id}}", node.container).strip())
         peer = bed.node(2).ips["eth2"]
-        out = tb.exec(
-            name, 1, ["timeout", "3", "bash", "-c", f"</dev/tcp/{peer}/22 && echo open"], check=False
-        )
+        out = tb.exec(name, 1, ["timeout", "3", "bash", "-c", f"</dev/tcp/{peer}/22 && echo open"], check=False)
         assert out.stdout.strip() == "open"
     finally:
         removed = tb.down(name, purge=True)

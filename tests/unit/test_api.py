@@ -96,9 +96,7 @@ def test_default_inventory_is_inventories_local(playbook: Path, tmp_path: Path) 
             build_runner_kwargs(opts, tmp_path)
 
 
-def test_kwargs_check_diff_vault_on_the_cmdline(
-    local_inventory: Path, playbook: Path, tmp_path: Path
-) -> None:
+def test_kwargs_check_diff_vault_on_the_cmdline(local_inventory: Path, playbook: Path, tmp_path: Path) -> None:
     vault = tmp_path / "vault pass"
     vault.write_text("secret\n")
     opts = RunOptions(
@@ -225,9 +223,7 @@ def test_build_result_collects_stats_endpoint_and_fatal_failures() -> None:
 
 
 def test_endpoint_falls_back_to_a_returned_fact() -> None:
-    events = [
-        ev("runner_on_ok", "01.0", host="h", res={"ansible_facts": {"vllm_serve_endpoint": "http://x:1"}})
-    ]
+    events = [ev("runner_on_ok", "01.0", host="h", res={"ansible_facts": {"vllm_serve_endpoint": "http://x:1"}})]
     assert build_result("successful", 0, {}, events, 1.0).endpoint == "http://x:1"
     assert build_result("successful", 0, {}, [], 1.0).endpoint is None
 
@@ -346,9 +342,7 @@ def test_real_run_success_with_events_stats_and_endpoint(local_inventory: Path, 
     assert result.elapsed > 0
 
     # tags reach ansible-playbook: only the serve play runs
-    tagged = run(
-        RunOptions(inventory=local_inventory, playbook=str(pb), tags=("serve",), extra_vars={"out": "x"})
-    )
+    tagged = run(RunOptions(inventory=local_inventory, playbook=str(pb), tags=("serve",), extra_vars={"out": "x"}))
     assert tagged.hosts["localhost"].ok == 1
 
 

@@ -229,8 +229,7 @@ class FakeSSEServer:
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         request = await reader.readuntil(b"\r\n\r\n")
         heads = {
-            k.strip().lower(): v.strip()
-            for k, _, v in (h.partition(b":") for h in request.split(b"\r\n")[1:] if h)
+            k.strip().lower(): v.strip() for k, _, v in (h.partition(b":") for h in request.split(b"\r\n")[1:] if h)
         }
         length = int(heads.get(b"content-length", b"0"))
         body = json.loads(await reader.readexactly(length)) if length else {}
@@ -241,12 +240,8 @@ class FakeSSEServer:
         elif self.fail_every and self.count % self.fail_every == 0:
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy")
         elif request.startswith(b"POST /v1/chat/completions") and body.get("stream"):
-            writer.write(
-                b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-            )
-            events: list[dict[str, Any]] = [
-                {"choices": [{"delta": {"content": f"t{i} "}}]} for i in range(self.tokens)
-            ]
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+            events: list[dict[str, Any]] = [{"choices": [{"delta": {"content": f"t{i} "}}]} for i in range(self.tokens)]
             events.append({"choices": [], "usage": {"completion_tokens": self.tokens}})
             for e in events:
                 chunk = b"data: " + json.dumps(e).encode() + b"\n\n"
@@ -294,9 +289,7 @@ def test_100_streams_count_tokens_and_no_errors(sse: FakeSSEServer) -> None:
 
 def test_streams_count_errors() -> None:
     with FakeSSEServer(tokens=3, fail_every=4) as s:
-        stats = asyncio.run(
-            stream_load(Endpoint(f"http://127.0.0.1:{s.port}", model="tiny"), n=20, timeout=30)
-        )
+        stats = asyncio.run(stream_load(Endpoint(f"http://127.0.0.1:{s.port}", model="tiny"), n=20, timeout=30))
     assert stats.requests == 20
     assert stats.errors == 5 and stats.ok == 15
     assert stats.tokens == 45

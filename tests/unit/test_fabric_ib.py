@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from ansible.module_utils.testing import patch_module_args
-
 from ansible_collections.multinode.vllm.plugins.module_utils._fabric import (
     FabricError,
     default_route_interface,
@@ -20,6 +19,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._fabric import (
 )
 from ansible_collections.multinode.vllm.plugins.module_utils._ib import IbError, read_hcas, summarize
 from ansible_collections.multinode.vllm.plugins.modules import fabric_facts, ib_facts
+
 from multinode_vllm.testbed.fake_ib import write_tree
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def link(name: str, ip: str | None = None, prefix: int = 24, up: bool = True, **
         "flags": ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"] if up else ["BROADCAST", "MULTICAST"],
         "mtu": 9000 if name.startswith(("bond", "eth2")) else 1500,
         "operstate": "UP" if up else "DOWN",
-        "addr_info": addr + [{"family": "inet6", "local": "fe80::1", "prefixlen": 64}],
+        "addr_info": [*addr, {"family": "inet6", "local": "fe80::1", "prefixlen": 64}],
         **extra,
     }
 
@@ -61,9 +61,7 @@ PLAIN = [LO, link("ens3", "192.0.2.7")]
 DEFAULT = [{"dst": "default", "gateway": "203.0.113.1", "dev": "eth0", "metric": 100}]
 
 
-def choose(
-    links: list[dict[str, Any]], routes: list[dict[str, Any]] | None = None, **kw: Any
-) -> dict[str, Any]:
+def choose(links: list[dict[str, Any]], routes: list[dict[str, Any]] | None = None, **kw: Any) -> dict[str, Any]:
     return select_fabric(parse_ip_addr(links), default_route_interface(routes or DEFAULT), **kw)
 
 
@@ -134,9 +132,7 @@ def fake_ip(tmp_path: Path, links: list[dict[str, Any]], routes: list[dict[str, 
     (tmp_path / "addr.json").write_text(json.dumps(links))
     (tmp_path / "route.json").write_text(json.dumps(routes))
     script = tmp_path / "ip"
-    script.write_text(
-        f'#!/bin/sh\n[ "$2" = route ] && exec cat {tmp_path}/route.json\nexec cat {tmp_path}/addr.json\n'
-    )
+    script.write_text(f'#!/bin/sh\n[ "$2" = route ] && exec cat {tmp_path}/route.json\nexec cat {tmp_path}/addr.json\n')
     script.chmod(0o755)
     return str(script)
 
@@ -157,9 +153,7 @@ def test_fabric_main_droplet_with_speed(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_fabric_main_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    out = run_module(
-        fabric_facts, {"ip_binary": fake_ip(tmp_path, PLAIN, []), "control_interface": "bond0"}, capsys
-    )
+    out = run_module(fabric_facts, {"ip_binary": fake_ip(tmp_path, PLAIN, []), "control_interface": "bond0"}, capsys)
     assert out["failed"] is True
     assert "interface bond0 does not exist" in out["msg"]
 
@@ -220,7 +214,5 @@ def test_ib_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     write_tree(tmp_path, hcas=2, rate_gbps=200)
     ok = run_module(ib_facts, {"sysfs_root": str(tmp_path), "require_active_ports": 2}, capsys)
     assert ok["ansible_facts"]["multinode_ib"]["nccl_ib_hca"] == "mlx5_0,mlx5_1"
-    bad = run_module(
-        ib_facts, {"sysfs_root": str(tmp_path), "require_active_ports": 2, "min_rate_gbps": 400}, capsys
-    )
+    bad = run_module(ib_facts, {"sysfs_root": str(tmp_path), "require_active_ports": 2, "min_rate_gbps": 400}, capsys)
     assert bad["failed"] is True and "below min_rate_gbps=400" in bad["msg"]

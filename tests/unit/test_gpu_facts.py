@@ -115,10 +115,7 @@ def test_several_links_down_on_two_gpus(node: Callable[..., dict]) -> None:
     node(down_links={0: [2, 7], 6: [17]})
     errors = _nvml.check_gpus(_nvml.read_gpus(pynvml), require_nvlink=True)
     assert len(errors) == 2
-    assert (
-        errors[0].startswith("GPU 0 (GPU-")
-        and "NVLinks 2, 7 are inactive; 16 of 18 links active" in errors[0]
-    )
+    assert errors[0].startswith("GPU 0 (GPU-") and "NVLinks 2, 7 are inactive; 16 of 18 links active" in errors[0]
     assert errors[1].startswith("GPU 6 (GPU-") and "NVLink 17 is inactive; 17 of 18" in errors[1]
 
 
@@ -244,9 +241,7 @@ def test_cuda_version_text(raw: int, text: str | None) -> None:
 
 def test_main_healthy_returns_facts(node: Callable[..., dict], capsys: pytest.CaptureFixture[str]) -> None:
     node()
-    res = run_main(
-        {"expected_gpu_count": 8, "require_nvlink": True, "expected_driver_version": "550.127.05"}, capsys
-    )
+    res = run_main({"expected_gpu_count": 8, "require_nvlink": True, "expected_driver_version": "550.127.05"}, capsys)
     assert res.get("failed") is not True, res
     assert res["changed"] is False and res["errors"] == []
     facts = res["ansible_facts"]["multinode_gpu"]
@@ -258,9 +253,7 @@ def test_main_one_link_down_fails(node: Callable[..., dict], capsys: pytest.Capt
     cfg = node(down_links={3: [5]})
     res = run_main({"expected_gpu_count": 8, "require_nvlink": True, "_ansible_check_mode": True}, capsys)
     assert res["failed"] is True
-    assert res["msg"].startswith(
-        f"GPU 3 ({cfg['gpus'][3]['uuid']}): NVLink 5 is inactive; 17 of 18 links active."
-    )
+    assert res["msg"].startswith(f"GPU 3 ({cfg['gpus'][3]['uuid']}): NVLink 5 is inactive; 17 of 18 links active.")
     assert res["ansible_facts"]["multinode_gpu"]["gpus"][3]["nvlinks"]["inactive"] == [5]
 
 
@@ -275,9 +268,7 @@ def test_main_count_and_driver_mismatch_both_reported(
     assert "NVML sees 4 GPUs, expected 8" in res["msg"] and "driver 535.183.01 is installed" in res["msg"]
 
 
-def test_main_no_driver_is_a_clear_failure(
-    node: Callable[..., dict], capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_main_no_driver_is_a_clear_failure(node: Callable[..., dict], capsys: pytest.CaptureFixture[str]) -> None:
     node(fail={"nvmlInit": pynvml.NVML_ERROR_DRIVER_NOT_LOADED})
     res = run_main({"expected_gpu_count": 8}, capsys)
     assert res["failed"] is True
@@ -301,9 +292,7 @@ def test_main_without_pynvml_asks_for_nvidia_ml_py(
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {
-        k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "FAKE_NVML_CONFIG", "LD_PRELOAD")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_LIBRARY_PATH", "FAKE_NVML_CONFIG", "LD_PRELOAD")}
     env.update(extra)
     return env
 

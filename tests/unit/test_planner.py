@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from multinode_vllm.module_utils._planner import GIB, PlanError, load_config, parameter_count, plan
 
 from multinode_vllm.cli import main
-from multinode_vllm.module_utils._planner import GIB, PlanError, load_config, parameter_count, plan
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ROOT / "tests" / "fixtures" / "models"
@@ -94,7 +94,7 @@ def test_refusals_name_the_variable(kwargs: dict, variable: str, fragment: str) 
 
 
 def test_missing_config(tmp_path: Path) -> None:
-    with pytest.raises(PlanError, match="no config.json"):
+    with pytest.raises(PlanError, match=r"no config\.json"):
         load_config(str(tmp_path))
 
 

@@ -172,9 +172,7 @@ def test_main_waits_until_the_worker_joins(tmp_path: Path, capsys: pytest.Captur
     assert out["polls"] == 3
 
 
-def test_main_fails_after_the_wait_naming_the_missing_node(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_main_fails_after_the_wait_naming_the_missing_node(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     py = fake_python(tmp_path, [marked([node(HEAD, head=True)])])
     out = run_main(
         {

@@ -27,9 +27,7 @@ OUR_ROLES = ["multinode", "ray_head", "ray_worker", "vllm_serve"]
 HEAD, WORKER = "10.0.1.11", "10.0.1.12"
 
 
-@pytest.mark.parametrize(
-    "role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults").is_dir())
-)
+@pytest.mark.parametrize("role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults").is_dir()))
 def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
     defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
     spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
@@ -44,9 +42,7 @@ def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
 @pytest.mark.parametrize("role", OUR_ROLES)
 def test_derived_vars_are_underscored_and_meta_depends_on_multinode(role: str) -> None:
     derived = yaml.safe_load((ROOT / "roles" / role / "vars" / "main.yml").read_text())
-    assert all(k.startswith(f"_{role}_") for k in derived), [
-        k for k in derived if not k.startswith(f"_{role}_")
-    ]
+    assert all(k.startswith(f"_{role}_") for k in derived), [k for k in derived if not k.startswith(f"_{role}_")]
     meta = yaml.safe_load((ROOT / "roles" / role / "meta" / "main.yml").read_text())
     deps = [d["role"] if isinstance(d, dict) else d for d in meta["dependencies"]]
     assert deps == ([] if role == "multinode" else ["multinode.vllm.multinode"])
@@ -140,9 +136,7 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
             "children": {
                 "vllm_cluster": {
                     "children": {
-                        "ray_head": {
-                            "hosts": {"node1": {"node_facts": facts(HEAD, ib), "ansible_host": "192.0.2.11"}}
-                        },
+                        "ray_head": {"hosts": {"node1": {"node_facts": facts(HEAD, ib), "ansible_host": "192.0.2.11"}}},
                         "ray_workers": {"hosts": {"node2": {"node_facts": facts(WORKER, ib)}}},
                     }
                 }
@@ -236,9 +230,7 @@ def test_native_ray_backend_renders_the_seed_command_lines(tmp_path: Path) -> No
 
 
 def test_mp_backend_runs_on_every_node_with_ranks_and_headless_workers(tmp_path: Path) -> None:
-    r = render(
-        tmp_path, multinode_runtime="native", multinode_backend="mp", vllm_serve_tensor_parallel_size=8
-    )
+    r = render(tmp_path, multinode_runtime="native", multinode_backend="mp", vllm_serve_tensor_parallel_size=8)
     head, worker = argpairs(r["node1"]["vllm_args"]), argpairs(r["node2"]["vllm_args"])
     assert head["--nnodes"] == "2" and head["--node-rank"] == "0" and head["--master-addr"] == HEAD
     assert worker["--node-rank"] == "1" and worker["--master-addr"] == HEAD

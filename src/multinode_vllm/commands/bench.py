@@ -79,9 +79,7 @@ def endpoint_via_mgmt(endpoint_url: str | None, mgmt_ip: str, default_port: int 
     return f"http://{mgmt_ip}:{port}"
 
 
-def _request(
-    url: str, api_key: str | None, body: Mapping[str, Any] | None = None, timeout: float = 60
-) -> Any:
+def _request(url: str, api_key: str | None, body: Mapping[str, Any] | None = None, timeout: float = 60) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method="POST" if data else "GET")
     req.add_header("Content-Type", "application/json")
@@ -251,10 +249,7 @@ async def stream_load(
     stats = StreamStats()
     t0 = time.monotonic()
     await asyncio.gather(
-        *(
-            stream_chat(ep, model, prompt, max_tokens=max_tokens, stats=stats, timeout=timeout)
-            for _ in range(n)
-        )
+        *(stream_chat(ep, model, prompt, max_tokens=max_tokens, stats=stats, timeout=timeout) for _ in range(n))
     )
     stats.wall_s = time.monotonic() - t0
     return stats
@@ -481,9 +476,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_run_arguments(p, tags=False)
-    p.add_argument(
-        "--results-dir", default=str(RESULTS_DIR), help="where results are fetched (default %(default)s)"
-    )
+    p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where results are fetched (default %(default)s)")
     p.add_argument("--result", help="summarise and plot this result JSON; run nothing")
     p.add_argument("--plot", help="PNG path (default: beside the result JSON)")
     p.add_argument("--streams", type=int, default=0, help="also send N concurrent streaming requests")

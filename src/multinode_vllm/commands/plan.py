@@ -18,9 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="a config.json or a model directory holding one")
     p.add_argument("--nodes", type=int, required=True)
     p.add_argument("--gpus-per-node", type=int, required=True)
-    p.add_argument(
-        "--gpu-memory-gib", type=float, required=True, help="memory of one GPU in GiB (80 for H100)"
-    )
+    p.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU in GiB (80 for H100)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--dtype", default="auto")

@@ -37,9 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start a test bed (idempotent)")
     up.add_argument("--name", default="mnv", help="prefix of every podman object (default: mnv)")
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
-    up.add_argument(
-        "--layout", choices=("bond0", "droplet"), default="bond0", help="NIC layout (default: bond0)"
-    )
+    up.add_argument("--layout", choices=("bond0", "droplet"), default="bond0", help="NIC layout (default: bond0)")
     up.add_argument("--rails", type=int, default=2, help="droplet: data rails eth2.. (default: 2)")
     up.add_argument(
         "--subnet-index",
@@ -47,15 +45,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="second octet I of the test bed's 10.I.0.0/16 (default: derived from --name)",
     )
-    up.add_argument(
-        "--shared-dir", type=Path, default=None, help="shared storage (default: /srv/multinode-vllm/NAME)"
-    )
+    up.add_argument("--shared-dir", type=Path, default=None, help="shared storage (default: /srv/multinode-vllm/NAME)")
     up.add_argument("--gpus-per-node", type=int, default=8, help="GPUs the fake NVML reports (default: 8)")
     up.add_argument("--shm-size", type=_size, default="2g", help="/dev/shm per node (default: 2g)")
     up.add_argument("--memory", type=_size, default=None, help="memory limit per node (e.g. 4g)")
-    up.add_argument(
-        "--install-deps", action="store_true", help="apt-get install missing podman/runc/debootstrap"
-    )
+    up.add_argument("--install-deps", action="store_true", help="apt-get install missing podman/runc/debootstrap")
     up.add_argument(
         "--local-inventory",
         action=argparse.BooleanOptionalAction,
@@ -106,9 +100,7 @@ def _up(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**bed.to_dict(), "wall_s": round(time.monotonic() - t0, 2)}, indent=2))
     else:
-        print(
-            f"test bed {bed.name}: {'already up' if bed.already_up else 'up'} ({time.monotonic() - t0:.1f}s)"
-        )
+        print(f"test bed {bed.name}: {'already up' if bed.already_up else 'up'} ({time.monotonic() - t0:.1f}s)")
         for node in bed.nodes:
             ips = " ".join(f"{k}={v}" for k, v in node.ips.items())
             print(f"  {node.hostname:8} {node.container:20} {ips}")

@@ -105,9 +105,7 @@ def _cmd(args: argparse.Namespace) -> int:
         return code
     if not args.no_smoke:
         try:
-            doc["smoke"] = smoke(
-                options.inventory or LOCAL_INVENTORY, result.endpoint if result else None, json_out
-            )
+            doc["smoke"] = smoke(options.inventory or LOCAL_INVENTORY, result.endpoint if result else None, json_out)
         except (urllib.error.URLError, OSError, KeyError, ValueError) as err:
             print(f"up: the cluster ran but the endpoint did not answer: {err}", file=sys.stderr)
             code = EXIT_FAILED

@@ -80,9 +80,7 @@ def build_library(dest_dir: Path, source: Path | None = None) -> Path:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            raise FakeNvmlBuildError(
-                f"{' '.join(argv)} failed (rc={proc.returncode}):\n{proc.stderr.strip()}"
-            )
+            raise FakeNvmlBuildError(f"{' '.join(argv)} failed (rc={proc.returncode}):\n{proc.stderr.strip()}")
         tmp.chmod(0o755)
         os.replace(tmp, lib)
     finally:
@@ -100,7 +98,7 @@ def pci_bus_id(index: int) -> str:
     return f"00000000:{bus:02X}:00.0"
 
 
-def make_config(  # noqa: PLR0917  positional order is the test bed's documented signature
+def make_config(
     gpu_count: int = 8,
     name: str = "NVIDIA H100 80GB HBM3",
     memory_gib: float = 80,

@@ -251,9 +251,7 @@ def import_rootfs(root: Path, image: str, label: str) -> None:
             tar.stdout.close()
         tar_rc = tar.wait()
     if imp.returncode != 0 or tar_rc != 0:
-        raise TestbedError(
-            f"podman import of {root} failed (tar {tar_rc}, import {imp.returncode}): {imp.stderr}"
-        )
+        raise TestbedError(f"podman import of {root} failed (tar {tar_rc}, import {imp.returncode}): {imp.stderr}")
 
 
 def ensure_image(steps: Steps | None = None, *, force: bool = False) -> dict[str, Any]:

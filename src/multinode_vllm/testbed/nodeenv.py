@@ -127,11 +127,14 @@ def _run(cmd: list[str], what: str, timeout: float = 1800) -> str:
 
 def _check_python(python: str) -> None:
     if not Path(python).exists():
-        raise TestbedError(f"{python} not found: the node venv is built with Debian's python3 (apt-get install python3)")
+        raise TestbedError(
+            f"{python} not found: the node venv is built with Debian's python3 (apt-get install python3)"
+        )
     probe = subprocess.run([python, "-c", "import ensurepip, venv"], capture_output=True, text=True, check=False)
     if probe.returncode != 0:
         raise TestbedError(
-            f"{python} -m venv is not usable (ensurepip missing): apt-get install -y python3-venv\n{probe.stderr.strip()}"
+            f"{python} -m venv is not usable (ensurepip missing): apt-get install -y python3-venv\n"
+            f"{probe.stderr.strip()}"
         )
 
 
@@ -157,7 +160,10 @@ def _install_plugin(pip: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="vllm_cpu_ray.") as tmp:
         src = Path(tmp) / "vllm_cpu_ray"
         shutil.copytree(PLUGIN_DIR, src, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__"))
-        _run([*pip, "install", "--no-deps", "--force-reinstall", "--no-build-isolation", str(src)], "install platform plugin")
+        _run(
+            [*pip, "install", "--no-deps", "--force-reinstall", "--no-build-isolation", str(src)],
+            "install platform plugin",
+        )
 
 
 def build_node_venv(
@@ -229,12 +235,27 @@ def _ensure_wheelhouse(venv: Path, progress: _Progress) -> Path:
         return dest
     dest.mkdir(parents=True, exist_ok=True)
     with progress.step("wheelhouse", f"pip download {' '.join(WHEELHOUSE_SPEC)} -> {dest}"):
-        _run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-d", str(dest), *WHEELHOUSE_SPEC], "pip download")
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                "-d",
+                str(dest),
+                *WHEELHOUSE_SPEC,
+            ],
+            "pip download",
+        )
     return dest
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m multinode_vllm.testbed.nodeenv", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m multinode_vllm.testbed.nodeenv", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("path", nargs="?", type=Path, default=None)
     parser.add_argument("--python", default=DEFAULT_PYTHON)
     parser.add_argument("--wheelhouse", action="store_true")

@@ -377,9 +377,7 @@ def ssh_ok(ip: str, key: Path, timeout: float = 5) -> bool:
         return False
 
 
-def _wait_ssh(
-    name: str, nodes: Sequence[NodePlan], key: Path, steps: Steps, limit: float = SSH_WAIT_S
-) -> None:
+def _wait_ssh(name: str, nodes: Sequence[NodePlan], key: Path, steps: Steps, limit: float = SSH_WAIT_S) -> None:
     deadline = time.monotonic() + limit
     pending = list(nodes)
     while pending:
@@ -401,25 +399,17 @@ def _ssh_error(ip: str, key: Path) -> str:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=5, check=False)
     except subprocess.TimeoutExpired:
         return "timed out"
-    return (
-        "ok"
-        if proc.returncode == 0
-        else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-    )
+    return "ok" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
 
 
-def _boot_failure(
-    name: str, nodes: Sequence[NodePlan], limit: float, key: Path, state: str | None = None
-) -> str:
+def _boot_failure(name: str, nodes: Sequence[NodePlan], limit: float, key: Path, state: str | None = None) -> str:
     lines = []
     for n in nodes:
         st = state or podman("inspect", "--format", "{{.State.Status}}", n.container, check=False).strip()
         logs = run(["podman", "logs", "--tail", "40", n.container], check=False)
         text = ANSI_RE.sub("", (logs.stdout + logs.stderr).replace("\r", ""))
         tail = [line for line in text.splitlines() if line.strip()][-20:]
-        lines.append(
-            f"{n.container} ({n.mgmt_ip}): container state {st!r}; ssh: {_ssh_error(n.mgmt_ip, key)}"
-        )
+        lines.append(f"{n.container} ({n.mgmt_ip}): container state {st!r}; ssh: {_ssh_error(n.mgmt_ip, key)}")
         lines.append("  podman logs (last lines):")
         lines += [f"    {line}" for line in tail] or ["    (empty)"]
     what = "did not answer SSH" if state is None else "stopped while booting"

@@ -63,13 +63,9 @@ class TestbedSpec:
         if self.layout not in LAYOUTS:
             raise UsageError(f"--layout {self.layout!r}: use one of {', '.join(LAYOUTS)}")
         if not 1 <= self.rails <= MAX_RAILS:
-            raise UsageError(
-                f"--rails {self.rails}: use 1..{MAX_RAILS} (data rails eth2..eth{MAX_RAILS + 1})"
-            )
+            raise UsageError(f"--rails {self.rails}: use 1..{MAX_RAILS} (data rails eth2..eth{MAX_RAILS + 1})")
         if self.subnet_index is not None and not 1 <= self.subnet_index <= 254:
-            raise UsageError(
-                f"--subnet-index {self.subnet_index}: use 1..254 (the second octet of 10.I.0.0/16)"
-            )
+            raise UsageError(f"--subnet-index {self.subnet_index}: use 1..254 (the second octet of 10.I.0.0/16)")
         if not 1 <= self.gpus_per_node <= 16:
             raise UsageError(f"--gpus-per-node {self.gpus_per_node}: use 1..16")
         if not SIZE_RE.match(self.shm_size):
@@ -179,10 +175,7 @@ class Clash:
     other_subnet: str
 
     def __str__(self) -> str:
-        return (
-            f"{self.planned_subnet} (planned for {self.planned_network}) overlaps {self.other} "
-            f"({self.other_subnet})"
-        )
+        return f"{self.planned_subnet} (planned for {self.planned_network}) overlaps {self.other} ({self.other_subnet})"
 
 
 def existing_subnets(
@@ -250,9 +243,7 @@ def free_subnet_index(spec: TestbedSpec, existing: Sequence[tuple[str, str]]) ->
 
 
 def clash_message(spec: TestbedSpec, clashes: Sequence[Clash], existing: Sequence[tuple[str, str]]) -> str:
-    lines = [
-        f"test bed {spec.name!r}: subnet 10.{spec.resolved_index()}.0.0/16 clashes with what is on this host:"
-    ]
+    lines = [f"test bed {spec.name!r}: subnet 10.{spec.resolved_index()}.0.0/16 clashes with what is on this host:"]
     lines += [f"  - {c}" for c in clashes]
     free = free_subnet_index(spec, existing)
     if free is not None:

@@ -63,7 +63,7 @@ System: you are a helpful assistant. User: tell me a story. Assistant: once upon
 there was a small model that answered every question with random words, and it was enough.
 """
 
-GENERATOR = r'''
+GENERATOR = r"""
 import json, sys
 from pathlib import Path
 
@@ -121,7 +121,7 @@ GenerationConfig(
 for f in dest.iterdir():
     f.chmod(0o644)
 print(json.dumps({"vocab_size": vocab, "parameters": sum(p.numel() for p in model.parameters())}))
-'''
+"""
 
 
 def default_model_dir() -> Path:
@@ -129,7 +129,7 @@ def default_model_dir() -> Path:
 
 
 def _default_python() -> str:
-    from multinode_vllm.testbed.nodeenv import default_venv  # the node venv's interpreter
+    from multinode_vllm.testbed.nodeenv import default_venv  # noqa: PLC0415  nodeenv imports this module
 
     return str(default_venv() / "bin" / "python")
 
