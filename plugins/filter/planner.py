@@ -1,5 +1,5 @@
 # Copyright (c) multinode.vllm developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """The planner as a Jinja2 filter for the validate phase."""
 
 from __future__ import absolute_import, division, print_function

@@ -1,5 +1,5 @@
 # Copyright (c) multinode.vllm developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Choose the control and data (NCCL) interfaces from `ip -j addr` output. Pure functions."""
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 # Copyright: multinode.vllm contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pure helpers of the ``gpu_facts`` module: read GPUs through NVML, check them, word failures.
 
 The pynvml module is a parameter (``nvml``), never imported here: the module guards that import,

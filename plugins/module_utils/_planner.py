@@ -1,5 +1,5 @@
 # Copyright (c) multinode.vllm developers
-# Apache License 2.0 (see LICENSE)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Capacity planner: does a model fit a cluster, with TP x PP, weights and KV cache in numbers.
 
 Pure functions, stdlib only: used by the `multinode.vllm.vllm_plan` filter (validate phase) and

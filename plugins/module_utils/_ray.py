@@ -1,5 +1,5 @@
 # Copyright: multinode.vllm contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Pure helpers of the ``ray_cluster_info`` module: what Ray sees, and what is missing.
 
 The query runs ``ray.nodes()`` in the node's own Ray (venv python, or ``docker exec`` into the

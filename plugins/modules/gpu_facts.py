@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: multinode.vllm contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -42,8 +42,7 @@ options:
 requirements:
   - nvidia-ml-py (the C(pynvml) module) on the managed node
   - the NVIDIA driver (C(libnvidia-ml.so.1)) on the managed node
-author:
-  - multinode.vllm contributors
+author: multinode.vllm developers (@multinode)
 """
 
 EXAMPLES = r"""

