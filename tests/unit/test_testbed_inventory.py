@@ -90,7 +90,7 @@ def test_private_inventory_sees_the_committed_group_vars(tmp_path):
     manager, variables = _load(inv_dir)
     hv = variables.get_vars(host=manager.get_host("node2"))
     # from inventories/local/group_vars/all/testbed.yml
-    assert hv["ib_facts_sysfs_root"] == "/opt/fake-sysfs"
+    assert hv["preflight_ib_sysfs_root"] == "/opt/fake-sysfs"
     assert hv["ansible_host"] == "10.208.0.12"
     # rewriting is idempotent (the link is kept, not nested)
     inv.write_private(_state(spec), tmp_path / "inventory")
@@ -101,6 +101,6 @@ def test_private_inventory_sees_the_committed_group_vars(tmp_path):
 def test_committed_group_vars_hold_testbed_facts_only(name):
     text = (inv.LOCAL_INVENTORY_DIR / "group_vars" / "all" / "testbed.yml").read_text()
     data = yaml.safe_load(text)
-    assert data["ib_facts_sysfs_root"] == "/opt/fake-sysfs"
+    assert data["preflight_ib_sysfs_root"] == "/opt/fake-sysfs"
     assert data["reboot_boot_time_command"] == 'cut -d" " -f22 /proc/1/stat'
     assert name not in text  # nothing specific to one test bed is committed
