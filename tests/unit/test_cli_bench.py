@@ -306,7 +306,7 @@ def test_endpoint_from_the_inventory_uses_the_heads_management_address(tmp_path:
     inv = tmp_path / "hosts.yml"
     inv.write_text(
         "all:\n  children:\n    ray_head:\n      hosts:\n        node1:\n          ansible_host: 10.9.0.11\n"
-        "          multinode_vllm_api_key: k\n    ray_workers:\n      hosts:\n        node2:\n"
+        "          multinode_api_key: k\n    ray_workers:\n      hosts:\n        node2:\n"
         "          ansible_host: 10.9.0.12\n"
     )
     ep = _endpoint_from_inventory(inv, "http://10.9.1.11:8123/v1")

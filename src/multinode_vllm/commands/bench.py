@@ -403,7 +403,7 @@ def _endpoint_from_inventory(inventory: str | Path, endpoint_url: str | None) ->
     hv = (listing.get("_meta") or {}).get("hostvars", {}).get(head) or inventory_vars(inventory, head)
     mgmt = str(hv.get("ansible_host") or head)
     port = int(hv.get("multinode_vllm_port") or hv.get("vllm_serve_port") or 8000)
-    key = hv.get("multinode_vllm_api_key") or hv.get("vllm_serve_api_key")
+    key = hv.get("multinode_api_key") or hv.get("vllm_serve_api_key")
     return Endpoint(base_url=endpoint_via_mgmt(endpoint_url, mgmt, port), api_key=str(key) if key else None)
 
 
