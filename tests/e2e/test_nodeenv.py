@@ -49,10 +49,29 @@ def test_vllm_cli_reports_version(venv: Path) -> None:
 
 
 def test_platform_plugin_is_discovered(venv: Path) -> None:
-    code = "from vllm.platforms import current_platform as p; print(type(p).__name__, p.ray_device_key, p.device_type)"
+    code = (
+        "from vllm.platforms import current_platform as p; "
+        "print(type(p).__name__, p.ray_device_key, p.device_type, p.get_device_communicator_cls())"
+    )
     proc = vrun(venv, "python", "-c", code)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.strip().splitlines()[-1] == "CpuRayPlatform GPU cpu"
+    assert proc.stdout.strip().splitlines()[-1] == (
+        "CpuRayPlatform GPU cpu vllm_cpu_ray.communicator.CpuRayCommunicator"
+    )
+
+
+def test_shm_identity_separates_hosts_only(venv: Path) -> None:
+    # Same /dev/shm -> same identity (SHM fast path); VLLM_CPU_RAY_NO_SHM=1 -> unique per process.
+    code = "from vllm_cpu_ray.communicator import shm_identity as s; print(s() == s(), s())"
+    same = vrun(venv, "python", "-c", code)
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert same.stdout.split()[0] == "True"
+    again = vrun(venv, "python", "-c", code)
+    assert again.stdout.split()[1] == same.stdout.split()[1]
+    env_code = "import os; os.environ['VLLM_CPU_RAY_NO_SHM'] = '1'; " + code
+    forced = vrun(venv, "python", "-c", env_code)
+    assert forced.returncode == 0, forced.stderr[-2000:]
+    assert forced.stdout.split()[1].startswith("no-shm-")
 
 
 def test_pinned_versions_and_removed_packages(venv: Path) -> None:

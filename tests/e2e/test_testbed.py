@@ -42,7 +42,7 @@ def test_inventory_groups_match_the_nodes(testbed, run_ansible):
     assert data["ray_workers"]["hosts"] == ["node2"]
     hv = data["_meta"]["hostvars"]
     assert hv["node2"]["ansible_host"] == testbed.node(2).mgmt_ip
-    assert hv["node2"]["ib_facts_sysfs_root"] == "/opt/fake-sysfs"  # committed group_vars
+    assert hv["node2"]["preflight_ib_sysfs_root"] == "/opt/fake-sysfs"  # committed group_vars
 
 
 def test_up_twice_leaves_one_cluster(testbed):

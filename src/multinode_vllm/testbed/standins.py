@@ -4,7 +4,7 @@
   ``/opt/fake-nvml/lib/libnvidia-ml.so.1`` (found through ld.so.conf.d + ldconfig, as a driver's
   would be) with its per-node configuration in ``/etc/fake-nvml/config.json``;
 - the fake InfiniBand sysfs tree (``multinode_vllm.testbed.fake_ib``) under ``/opt/fake-sysfs``
-  (the inventory's ``ib_facts_sysfs_root``).
+  (the inventory's ``preflight_ib_sysfs_root``).
 
 Tests change one node's hardware with ``set_nvml`` / ``set_ib`` (a NVLink down, another driver).
 """
