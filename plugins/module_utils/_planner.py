@@ -4,17 +4,39 @@
 
 Pure functions, stdlib only: used by the `multinode.vllm.vllm_plan` filter (validate phase) and
 by `multinode-vllm plan`. The parameter count is computed from config.json, never looked up.
+
+Memory model (per GPU, the way vLLM budgets it):
+
+    budget    = gpu_memory_bytes x gpu_memory_utilization
+    weights   = the GPU's share of its pipeline stage: (stage layers + embeddings on the first
+                stage + lm_head and final norm on the last) / tensor_parallel_size
+    overhead  = overhead_bytes_per_gpu (activations, CUDA graphs, NCCL buffers; vLLM profiles the
+                real value at start-up; 2 GiB by default, a parameter)
+    KV cache  = budget - weights - overhead
+
+Layers are split over the stages as vLLM does (`get_pp_indices`: the remainder goes to the stages
+before the last). A GPU holds the KV cache of its stage's layers and of its share of the KV heads
+(replicated when tensor_parallel_size exceeds num_key_value_heads; MLA latents are replicated on
+every TP rank), so each stage can hold `free bytes / per-GPU KV bytes per token` tokens and the
+cluster holds the smallest of those (vLLM takes the minimum over workers). With balanced stages
+this equals the pooled free memory divided by the model's KV bytes per token,
+2 x layers x kv_heads x head_dim x dtype bytes.
+
+It fits when every GPU has room left for KV cache and that room holds at least one sequence of
+max_model_len tokens.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
 GIB = 1024**3
 
-#: Bytes per element for the dtypes vLLM accepts (`--dtype`, `--kv-cache-dtype`).
+#: Bytes per element of the dtypes vLLM accepts (`--dtype`, `--kv-cache-dtype`), by every name
+#: they go by. `fp8` as a weight dtype means "all weights in 8 bits" (an FP8 checkpoint).
 DTYPE_BYTES: dict[str, float] = {
     "float32": 4,
     "float": 4,
@@ -26,16 +48,48 @@ DTYPE_BYTES: dict[str, float] = {
     "fp16": 2,
     "fp8": 1,
     "fp8_e4m3": 1,
+    "fp8_e4m3fn": 1,
     "fp8_e5m2": 1,
+    "fp8_inc": 1,
+    "float8_e4m3fn": 1,
+    "float8_e5m2": 1,
+}
+
+#: Canonical names for the report (aliases fold onto these).
+_CANONICAL = {
+    "float": "float32",
+    "fp32": "float32",
+    "bf16": "bfloat16",
+    "half": "float16",
+    "fp16": "float16",
+    "fp8_e4m3fn": "fp8_e4m3",
+    "float8_e4m3fn": "fp8_e4m3",
+    "float8_e5m2": "fp8_e5m2",
 }
 
 #: What vLLM keeps aside per GPU besides weights and KV cache (activations, CUDA graphs, NCCL
 #: buffers); vLLM profiles the real value at start-up, the planner uses this budget.
 DEFAULT_OVERHEAD_BYTES_PER_GPU = 2 * GIB
 
+#: Keys vLLM reads the model's own length limit from (it takes the smallest present).
+_MAX_LEN_KEYS = (
+    "max_position_embeddings",
+    "n_positions",
+    "max_seq_len",
+    "seq_length",
+    "model_max_length",
+    "max_sequence_length",
+    "max_seq_length",
+    "seq_len",
+)
+
 
 class PlanError(ValueError):
-    """Invalid planner input; `variable` names the option to change."""
+    """Invalid planner input; `variable` names the option to change.
+
+    The message starts with "<variable>: " (the validate role maps that name onto the inventory
+    variable to change).
+    """
 
     def __init__(self, variable: str, message: str) -> None:
         super().__init__(f"{variable}: {message}")
@@ -44,99 +98,253 @@ class PlanError(ValueError):
 
 def load_config(path: str) -> dict[str, Any]:
     """Read config.json from a file path or a model directory."""
+    path = os.path.expanduser(str(path))
     cfg_path = os.path.join(path, "config.json") if os.path.isdir(path) else path
     try:
         with open(cfg_path, encoding="utf-8") as handle:
             data = json.load(handle)
     except FileNotFoundError as exc:
         raise PlanError("model", f"no config.json at {cfg_path}: give a model directory or its config.json") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PlanError("model", f"cannot read {cfg_path} ({exc}): give a model directory or its config.json") from exc
     except json.JSONDecodeError as exc:
         raise PlanError("model", f"{cfg_path} is not valid JSON ({exc})") from exc
     if not isinstance(data, dict):
         raise PlanError("model", f"{cfg_path} does not hold a JSON object")
-    # Multimodal configs nest the language model (e.g. Llama 4, Qwen-VL).
-    text = data.get("text_config")
-    if isinstance(text, dict) and "num_hidden_layers" not in data:
-        merged = dict(text)
-        merged.setdefault("torch_dtype", data.get("torch_dtype"))
-        return merged
     return data
 
 
-def _int(config: dict[str, Any], key: str) -> int:
+def text_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The language model's part of a config (multimodal configs nest it in text_config)."""
+    text = config.get("text_config")
+    if isinstance(text, dict) and "num_hidden_layers" not in config:
+        merged = dict(text)
+        for key in ("torch_dtype", "dtype", "quantization_config", "tie_word_embeddings"):
+            if key not in merged and key in config:
+                merged[key] = config[key]
+        return merged
+    return config
+
+
+def _positive_int(value: Any, variable: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise PlanError(variable, f"must be a positive integer, got {value!r}")
+    return value
+
+
+def _int(config: dict[str, Any], key: str, default: int | None = None) -> int:
     value = config.get(key)
+    if value is None and default is not None:
+        return default
     if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
         raise PlanError("model", f"config.json has no positive integer {key!r} (found {value!r})")
     return value
 
 
-def _dtype_bytes(dtype: str, config: dict[str, Any], variable: str) -> tuple[str, float]:
-    name = str(dtype).lower()
+def dtype_name(dtype: Any, config: dict[str, Any] | None = None, variable: str = "dtype") -> str:
+    """Canonical dtype name; `auto` resolves to the config's torch_dtype as vLLM does."""
+    name = str(dtype).strip().lower().replace("torch.", "")
     if name == "auto":
-        name = str(config.get("torch_dtype") or config.get("dtype") or "bfloat16").lower()
-        if name == "float32":
-            # vLLM serves float32 checkpoints in float16 unless told otherwise.
-            name = "float16"
+        cfg = text_config(config or {})
+        name = str(cfg.get("torch_dtype") or cfg.get("dtype") or "bfloat16").lower().replace("torch.", "")
+        if name in ("float32", "float", "fp32"):
+            # vLLM serves float32 checkpoints in 16 bits unless told otherwise.
+            name = "bfloat16"
     if name not in DTYPE_BYTES:
-        known = ", ".join(["auto", *sorted(DTYPE_BYTES)])
+        known = ", ".join(["auto", *DTYPE_BYTES])
         raise PlanError(variable, f"unknown dtype {dtype!r}: use one of {known}")
-    return name, DTYPE_BYTES[name]
+    return _CANONICAL.get(name, name)
 
 
-def model_shape(config: dict[str, Any]) -> dict[str, int]:
+def quantized_weight_bytes(config: dict[str, Any]) -> tuple[str, float] | None:
+    """(method, bytes per weight) of the linear layers of a quantized checkpoint, else None.
+
+    Scales and zero points (a few per 128 weights) are left out: under 2 % of the weights.
+    None also for a method the planner does not know: its weights are then counted at dtype,
+    which overestimates (the plan errs on the side of "does not fit").
+    """
+    qc = text_config(config).get("quantization_config")
+    if not isinstance(qc, dict):
+        return None
+    method = str(qc.get("quant_method") or "").lower()
+    if method in ("fp8", "fbgemm_fp8", "ptpc_fp8", "fp_quant"):
+        return method, 1
+    if method == "modelopt":
+        algo = str(qc.get("quant_algo") or qc.get("quantization", {}).get("quant_algo") or "").upper()
+        if "FP8" in algo:
+            return f"{method} {algo}", 1
+        if "FP4" in algo:
+            return f"{method} {algo}", 0.5
+        return None
+    if method in ("gptq", "awq", "gptq_marlin", "awq_marlin", "auto-round", "autoround"):
+        bits = qc.get("bits") or qc.get("w_bit")
+        return (f"{method} {bits}-bit", bits / 8) if isinstance(bits, int) and bits > 0 else None
+    if method == "bitsandbytes":
+        if qc.get("load_in_4bit"):
+            return "bitsandbytes 4-bit", 0.5
+        if qc.get("load_in_8bit"):
+            return "bitsandbytes 8-bit", 1
+        return None
+    if method == "compressed-tensors":
+        for group in (qc.get("config_groups") or {}).values():
+            weights = group.get("weights") if isinstance(group, dict) else None
+            bits = weights.get("num_bits") if isinstance(weights, dict) else None
+            if isinstance(bits, int) and bits > 0:
+                return f"{method} {bits}-bit", bits / 8
+    return None
+
+
+def model_shape(config: dict[str, Any]) -> dict[str, Any]:
     """The numbers of a decoder-only transformer that matter for memory."""
+    config = text_config(config)
     hidden = _int(config, "hidden_size")
     heads = _int(config, "num_attention_heads")
-    kv_heads = config.get("num_key_value_heads") or heads
-    head_dim = config.get("head_dim") or hidden // heads
-    experts = config.get("num_local_experts") or config.get("num_experts") or 0
+    kv_heads = _int(config, "num_key_value_heads", heads)
+    head_dim = _int(config, "head_dim", hidden // heads)
+    experts = config.get("num_local_experts") or config.get("num_experts") or config.get("n_routed_experts") or 0
+    if heads % kv_heads:
+        raise PlanError("model", f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
     return {
         "hidden_size": hidden,
         "num_attention_heads": heads,
-        "num_key_value_heads": int(kv_heads),
-        "head_dim": int(head_dim),
+        "num_key_value_heads": kv_heads,
+        "head_dim": head_dim,
         "num_hidden_layers": _int(config, "num_hidden_layers"),
         "intermediate_size": _int(config, "intermediate_size"),
         "vocab_size": _int(config, "vocab_size"),
         "num_experts": int(experts),
-        "max_position_embeddings": _int(config, "max_position_embeddings"),
+        "mla": bool(config.get("kv_lora_rank")),
+    }
+
+
+def _layer_parameters(config: dict[str, Any], layer: int) -> tuple[int, int]:
+    """(linear, other) parameters of decoder layer `layer`: linear weights are what quantization shrinks."""
+    s = model_shape(config)
+    hidden, heads = s["hidden_size"], s["num_attention_heads"]
+    model_type = str(config.get("model_type") or "")
+    linear = other = 0
+
+    if s["mla"]:
+        # Multi-head latent attention (DeepSeek V2/V3): low-rank q and compressed kv.
+        kv_rank = _int(config, "kv_lora_rank")
+        rope_dim = _int(config, "qk_rope_head_dim")
+        nope_dim = _int(config, "qk_nope_head_dim")
+        v_dim = _int(config, "v_head_dim")
+        q_rank = config.get("q_lora_rank")
+        q_dim = heads * (nope_dim + rope_dim)
+        if q_rank:
+            linear += hidden * q_rank + q_rank * q_dim  # q_a_proj, q_b_proj
+            other += q_rank  # q_a_layernorm
+        else:
+            linear += hidden * q_dim
+        linear += hidden * (kv_rank + rope_dim)  # kv_a_proj_with_mqa
+        other += kv_rank  # kv_a_layernorm
+        linear += kv_rank * heads * (nope_dim + v_dim)  # kv_b_proj
+        linear += heads * v_dim * hidden  # o_proj
+    else:
+        q_out = heads * s["head_dim"]
+        kv_out = s["num_key_value_heads"] * s["head_dim"]
+        linear += hidden * q_out + 2 * hidden * kv_out + q_out * hidden  # q, k, v, o
+        if config.get("attention_bias"):
+            other += q_out + 2 * kv_out + hidden
+        elif model_type.startswith("qwen2") and "attention_bias" not in config:
+            other += q_out + 2 * kv_out  # Qwen2 has q/k/v biases and no flag for them
+        if model_type.startswith("qwen3"):
+            other += 2 * s["head_dim"]  # q_norm, k_norm
+
+    def mlp(intermediate: int) -> tuple[int, int]:
+        bias = 2 * intermediate + hidden if config.get("mlp_bias") else 0
+        return 3 * hidden * intermediate, bias  # gate, up, down
+
+    experts = s["num_experts"]
+    dense_first = int(config.get("first_k_dense_replace") or 0)
+    sparse_step = int(config.get("decoder_sparse_step") or 1)
+    mlp_only = config.get("mlp_only_layers") or []
+    sparse = (
+        experts > 0
+        and layer >= dense_first
+        and layer not in mlp_only
+        and (layer + 1) % sparse_step == 0
+        and layer % int(config.get("moe_layer_freq") or 1) == 0
+    )
+    if sparse:
+        expert_size = config.get("moe_intermediate_size") or s["intermediate_size"]
+        lin, bias = mlp(expert_size)
+        linear += experts * lin
+        other += experts * bias
+        other += hidden * experts  # router (kept in high precision by quantized checkpoints)
+        if config.get("topk_method") == "noaux_tc":
+            other += experts  # e_score_correction_bias
+        shared = config.get("n_shared_experts")
+        if shared:
+            lin, bias = mlp(shared * expert_size)
+            linear += lin
+            other += bias
+        shared_size = config.get("shared_expert_intermediate_size")
+        if shared_size:
+            lin, bias = mlp(shared_size)
+            linear += lin
+            other += bias + hidden  # shared_expert_gate
+    else:
+        lin, bias = mlp(s["intermediate_size"])
+        linear += lin
+        other += bias
+    other += 2 * hidden  # input and post-attention RMSNorm
+    return linear, other
+
+
+def parameter_breakdown(config: dict[str, Any]) -> dict[str, Any]:
+    """Parameters by place: per decoder layer (linear, other), embeddings, lm_head, final norm."""
+    config = text_config(config)
+    s = model_shape(config)
+    layers = [_layer_parameters(config, i) for i in range(s["num_hidden_layers"])]
+    embeddings = s["vocab_size"] * s["hidden_size"]
+    return {
+        "layers": layers,
+        "embeddings": embeddings,
+        "lm_head": 0 if config.get("tie_word_embeddings") else embeddings,
+        "final_norm": s["hidden_size"],
     }
 
 
 def parameter_count(config: dict[str, Any]) -> int:
-    """Parameters of a Llama-style decoder (dense or MoE), from its config.json."""
-    s = model_shape(config)
-    hidden, layers = s["hidden_size"], s["num_hidden_layers"]
-    q_out = s["num_attention_heads"] * s["head_dim"]
-    kv_out = s["num_key_value_heads"] * s["head_dim"]
-    attention = hidden * q_out + 2 * hidden * kv_out + q_out * hidden
-    if config.get("attention_bias"):
-        attention += q_out + 2 * kv_out + hidden
-    mlp_one = 3 * hidden * s["intermediate_size"]
-    if config.get("mlp_bias"):
-        mlp_one += 2 * s["intermediate_size"] + hidden
-    if s["num_experts"]:
-        mlp = s["num_experts"] * mlp_one + hidden * s["num_experts"]  # experts + router
-    else:
-        mlp = mlp_one
-    norms = 2 * hidden
-    embeddings = s["vocab_size"] * hidden
-    lm_head = 0 if config.get("tie_word_embeddings") else s["vocab_size"] * hidden
-    return layers * (attention + mlp + norms) + embeddings + lm_head + hidden
+    """Parameters of a decoder-only transformer (Llama-style dense, MoE or MLA), from its config.json."""
+    b = parameter_breakdown(config)
+    return sum(lin + other for lin, other in b["layers"]) + b["embeddings"] + b["lm_head"] + b["final_norm"]
 
 
 def max_context(config: dict[str, Any]) -> int:
-    """The longest context the model supports (rope scaling included)."""
-    base = _int(config, "max_position_embeddings")
-    rope = config.get("rope_scaling") or {}
-    if isinstance(rope, dict) and rope.get("rope_type", rope.get("type")) in ("yarn", "dynamic", "linear"):
-        original = rope.get("original_max_position_embeddings") or base
-        return max(base, int(original * float(rope.get("factor", 1))))
-    return base
+    """The longest context vLLM accepts for the model (rope scaling included, as vLLM derives it)."""
+    config = text_config(config)
+    found = [v for v in (config.get(k) for k in _MAX_LEN_KEYS) if isinstance(v, int) and not isinstance(v, bool)]
+    if not found:
+        raise PlanError("model", f"config.json has none of {', '.join(_MAX_LEN_KEYS)}")
+    derived: float = min(found)
+    rope = config.get("rope_scaling") or config.get("rope_parameters")
+    if isinstance(rope, dict) and "gemma3" not in str(config.get("model_type") or ""):
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        # llama3 and longrope configs state the extended length in max_position_embeddings already.
+        if rope_type not in ("su", "longrope", "llama3"):
+            if rope_type == "yarn" and rope.get("original_max_position_embeddings"):
+                derived = rope["original_max_position_embeddings"]
+            derived *= float(rope.get("factor") or 1)
+    return int(derived)
+
+
+def stage_layers(num_layers: int, pp: int) -> list[int]:
+    """Decoder layers per pipeline stage, split as vLLM's get_pp_indices does."""
+    parts = [num_layers // pp] * pp
+    for i in range(2, num_layers % pp + 2):
+        parts[-i] += 1
+    return parts
 
 
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.1f} GiB"
 
 
 def plan(
@@ -154,94 +362,167 @@ def plan(
     overhead_bytes_per_gpu: int = DEFAULT_OVERHEAD_BYTES_PER_GPU,
 ) -> dict[str, Any]:
     """Plan a deployment; raise PlanError for invalid input, return `fits` False when it does not fit."""
-    for name, value in (
-        ("nodes", nodes),
-        ("gpus_per_node", gpus_per_node),
-        ("gpu_memory_bytes", gpu_memory_bytes),
+    config = text_config(config)
+    nodes = _positive_int(nodes, "nodes")
+    gpus_per_node = _positive_int(gpus_per_node, "gpus_per_node")
+    gpu_memory_bytes = _positive_int(gpu_memory_bytes, "gpu_memory_bytes")
+    if (
+        isinstance(overhead_bytes_per_gpu, bool)
+        or not isinstance(overhead_bytes_per_gpu, int)
+        or overhead_bytes_per_gpu < 0
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise PlanError(name, f"must be a positive integer, got {value!r}")
-    if not 0 < float(gpu_memory_utilization) <= 1:
+        raise PlanError("overhead_bytes_per_gpu", f"must be an integer >= 0, got {overhead_bytes_per_gpu!r}")
+    try:
+        utilization = float(gpu_memory_utilization)
+    except (TypeError, ValueError):
+        utilization = -1.0
+    if not 0 < utilization <= 1:
         raise PlanError("gpu_memory_utilization", f"must be in (0, 1], got {gpu_memory_utilization!r}: use e.g. 0.9")
-    shape = model_shape(config)
-    dtype_name, weight_elem = _dtype_bytes(dtype, config, "dtype")
-    kv_name, kv_elem = (
-        (dtype_name, weight_elem)
-        if kv_cache_dtype == "auto"
-        else _dtype_bytes(kv_cache_dtype, config, "kv_cache_dtype")
-    )
 
-    tp = gpus_per_node if tensor_parallel_size is None else tensor_parallel_size
-    pp = nodes if pipeline_parallel_size is None else pipeline_parallel_size
+    shape = model_shape(config)
+    weight_dtype = dtype_name(dtype, config, "dtype")
+    kv_dtype = (
+        weight_dtype if str(kv_cache_dtype).lower() == "auto" else dtype_name(kv_cache_dtype, None, "kv_cache_dtype")
+    )
+    dense_bytes = DTYPE_BYTES[weight_dtype]
+    kv_elem = DTYPE_BYTES[kv_dtype]
+    quant = quantized_weight_bytes(config)
+    linear_bytes = min(quant[1], dense_bytes) if quant else dense_bytes
+
+    heads, kv_heads, layers = shape["num_attention_heads"], shape["num_key_value_heads"], shape["num_hidden_layers"]
     gpus = nodes * gpus_per_node
-    for name, value in (("tensor_parallel_size", tp), ("pipeline_parallel_size", pp)):
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise PlanError(name, f"must be a positive integer, got {value!r}")
-    if shape["num_attention_heads"] % tp:
+    tp = gpus_per_node if tensor_parallel_size is None else _positive_int(tensor_parallel_size, "tensor_parallel_size")
+    pp = nodes if pipeline_parallel_size is None else _positive_int(pipeline_parallel_size, "pipeline_parallel_size")
+    if heads % tp:
         raise PlanError(
             "tensor_parallel_size",
-            f"{tp} does not divide num_attention_heads={shape['num_attention_heads']}: "
-            f"use one of {_divisors(shape['num_attention_heads'])}",
+            f"{tp} does not divide num_attention_heads={heads}: use one of {_divisors(heads)}",
+        )
+    if not shape["mla"] and kv_heads % tp and tp % kv_heads:
+        raise PlanError(
+            "tensor_parallel_size",
+            f"{tp} neither divides nor is a multiple of num_key_value_heads={kv_heads}: "
+            f"use a divisor of {kv_heads} or a multiple of it that divides {heads}",
         )
     if tp * pp != gpus:
+        blamed = (
+            "pipeline_parallel_size"
+            if tensor_parallel_size is None and pipeline_parallel_size is not None
+            else "tensor_parallel_size"
+        )
         raise PlanError(
-            "tensor_parallel_size",
+            blamed,
             f"tensor_parallel_size × pipeline_parallel_size = {tp} × {pp} = {tp * pp}, but the cluster has "
             f"{nodes} nodes × {gpus_per_node} GPUs = {gpus}: make the product {gpus} "
             f"(usually TP = GPUs per node = {gpus_per_node}, PP = nodes = {nodes})",
         )
-    if pp > shape["num_hidden_layers"]:
-        raise PlanError(
-            "pipeline_parallel_size",
-            f"{pp} stages for {shape['num_hidden_layers']} layers: use at most {shape['num_hidden_layers']}",
-        )
+    if pp > layers:
+        raise PlanError("pipeline_parallel_size", f"{pp} stages for {layers} layers: use at most {layers}")
     limit = max_context(config)
-    seq_len = limit if max_model_len is None else max_model_len
-    if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len <= 0:
-        raise PlanError("max_model_len", f"must be a positive integer, got {seq_len!r}")
+    seq_len = limit if max_model_len is None else _positive_int(max_model_len, "max_model_len")
     if seq_len > limit:
         raise PlanError("max_model_len", f"{seq_len} is above the model's maximum {limit}: use {limit} or less")
 
+    # Weights: linear layers at the quantized width when the checkpoint is quantized, the rest at dtype.
+    b = parameter_breakdown(config)
     params = parameter_count(config)
-    weight_bytes = int(params * weight_elem)
-    kv_bytes_per_token = int(
-        2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * shape["head_dim"] * kv_elem
-    )
-    budget = int(gpu_memory_bytes * float(gpu_memory_utilization))
-    weights_per_gpu = weight_bytes // (tp * pp)
-    kv_per_gpu = budget - weights_per_gpu - overhead_bytes_per_gpu
-    kv_total = max(kv_per_gpu, 0) * gpus
-    kv_cache_tokens = kv_total // kv_bytes_per_token
+    layer_bytes = [lin * linear_bytes + other * dense_bytes for lin, other in b["layers"]]
+    weight_bytes = int(sum(layer_bytes) + (b["embeddings"] + b["lm_head"] + b["final_norm"]) * dense_bytes)
 
-    def gib(n: float) -> str:
-        return f"{n / GIB:.1f} GiB"
+    # KV cache per token: the whole model, and one GPU's share of one layer.
+    if shape["mla"]:
+        latent = _int(config, "kv_lora_rank") + _int(config, "qk_rope_head_dim")
+        kv_bytes_per_token = int(layers * latent * kv_elem)
+        kv_layer_gpu = latent * kv_elem  # the latent is replicated on every TP rank
+    else:
+        kv_bytes_per_token = int(2 * layers * kv_heads * shape["head_dim"] * kv_elem)
+        kv_layer_gpu = 2 * max(kv_heads // tp, 1) * shape["head_dim"] * kv_elem
 
-    if kv_per_gpu <= 0:
+    budget = int(gpu_memory_bytes * utilization)
+    parts = stage_layers(layers, pp)
+    stages: list[dict[str, Any]] = []
+    start = 0
+    for index, count in enumerate(parts):
+        stage_bytes = sum(layer_bytes[start : start + count])
+        if index == 0:
+            stage_bytes += b["embeddings"] * dense_bytes
+        if index == pp - 1:
+            # Tied embeddings still need their own copy on the last stage when PP > 1.
+            head = b["lm_head"] or (b["embeddings"] if pp > 1 else 0)
+            stage_bytes += (head + b["final_norm"]) * dense_bytes
+        per_gpu = math.ceil(stage_bytes / tp)
+        free = budget - per_gpu - overhead_bytes_per_gpu
+        per_token_gpu = int(count * kv_layer_gpu)
+        stages.append(
+            {
+                "layers": count,
+                "weight_bytes_per_gpu": per_gpu,
+                "kv_cache_bytes_per_gpu": max(free, 0),
+                "kv_bytes_per_token_per_gpu": per_token_gpu,
+                "kv_cache_tokens": max(free, 0) // per_token_gpu,
+            }
+        )
+        start += count
+
+    worst = max(stages, key=lambda st: st["weight_bytes_per_gpu"])
+    binding = min(stages, key=lambda st: st["kv_cache_tokens"])
+    weights_per_gpu = worst["weight_bytes_per_gpu"]
+    kv_cache_tokens = min(st["kv_cache_tokens"] for st in stages)
+    kv_total = sum(st["kv_cache_bytes_per_gpu"] for st in stages) * tp
+    # Smallest number of these GPUs that holds the weights at all (even split, same overhead).
+    room = budget - overhead_bytes_per_gpu
+    min_gpus = math.ceil(weight_bytes / room) if room > 0 else None
+    where = f"each GPU of stage {stages.index(worst) + 1} of {pp}" if pp > 1 else "each GPU"
+
+    # What would help, in the order people reach for it; only the remedies that can work.
+    remedies = ["add nodes", "use GPUs with more memory"]
+    if utilization < 0.95:
+        remedies.append("raise gpu_memory_utilization")
+    if dense_bytes > 1:
+        remedies.append("use a smaller dtype or a quantized checkpoint")
+    if weights_per_gpu + overhead_bytes_per_gpu >= budget:
         fits = False
+        need = weights_per_gpu + overhead_bytes_per_gpu
+        if min_gpus:
+            min_nodes = math.ceil(min_gpus / gpus_per_node)
+            hint = f"the weights alone need at least {min_gpus} such GPUs ({min_nodes} nodes × {gpus_per_node})"
+        else:
+            hint = "the overhead alone exceeds the budget"
         reason = (
-            f"does not fit: each GPU holds {gib(weights_per_gpu)} of weights + {gib(overhead_bytes_per_gpu)} "
-            f"overhead, but its budget is {gib(budget)} ({gpu_memory_utilization} × {gib(gpu_memory_bytes)}); "
-            f"add nodes, use GPUs with more memory, or a smaller dtype"
+            f"does not fit: {where} needs {_gib(weights_per_gpu)} of weights + {_gib(overhead_bytes_per_gpu)} "
+            f"overhead = {_gib(need)}, but its budget is {_gib(budget)} "
+            f"({utilization:g} × {_gib(gpu_memory_bytes)}), {_gib(need - budget)} short; {hint}: "
+            f"{', '.join(remedies)}"
         )
     elif kv_cache_tokens < seq_len:
         fits = False
         reason = (
-            f"does not fit: KV cache holds {kv_cache_tokens} tokens, below max_model_len={seq_len} "
-            f"({kv_bytes_per_token} bytes/token); lower max_model_len or add GPUs"
+            f"does not fit: {_gib(weights_per_gpu)} of weights + {_gib(overhead_bytes_per_gpu)} overhead leave "
+            f"{_gib(binding['kv_cache_bytes_per_gpu'])} per GPU of a {_gib(budget)} budget, KV cache for "
+            f"{kv_cache_tokens:,} tokens ({kv_bytes_per_token:,} bytes/token), below max_model_len={seq_len:,}: "
+            f"lower max_model_len to {kv_cache_tokens:,} or less, {', '.join(remedies)}"
         )
     else:
         fits = True
         reason = (
-            f"fits: {gib(weights_per_gpu)} weights + {gib(overhead_bytes_per_gpu)} overhead per GPU of a "
-            f"{gib(budget)} budget leaves {gib(kv_per_gpu)} per GPU for KV cache: {kv_cache_tokens} tokens, "
-            f"{kv_cache_tokens / seq_len:.1f} sequences of {seq_len}"
+            f"fits: {_gib(weights_per_gpu)} of weights + {_gib(overhead_bytes_per_gpu)} overhead per GPU of a "
+            f"{_gib(budget)} budget ({utilization:g} × {_gib(gpu_memory_bytes)}) leave "
+            f"{_gib(worst['kv_cache_bytes_per_gpu'])} per GPU for KV cache: {kv_cache_tokens:,} tokens, "
+            f"{kv_cache_tokens / seq_len:.1f} sequences of {seq_len:,}"
+        )
+    notes = []
+    qc = config.get("quantization_config")
+    if isinstance(qc, dict) and quant is None:
+        notes.append(
+            f"quantization {qc.get('quant_method')!r} is unknown to the planner: weights counted at {weight_dtype}"
         )
     return {
         "tensor_parallel_size": tp,
         "pipeline_parallel_size": pp,
         "gpus": gpus,
-        "dtype": dtype_name,
-        "kv_cache_dtype": kv_name,
+        "dtype": weight_dtype,
+        "quantization": quant[0] if quant else None,
+        "kv_cache_dtype": kv_dtype,
         "parameters": params,
         "weight_bytes": weight_bytes,
         "weight_bytes_per_gpu": weights_per_gpu,
@@ -251,7 +532,11 @@ def plan(
         "kv_cache_bytes": kv_total,
         "kv_cache_tokens": kv_cache_tokens,
         "max_model_len": seq_len,
+        "model_max_len": limit,
         "max_concurrent_sequences": kv_cache_tokens // seq_len,
+        "min_gpus_for_weights": min_gpus,
+        "stages": stages,
         "fits": fits,
         "reason": reason,
+        "notes": notes,
     }
