@@ -56,15 +56,17 @@ def prepare_testbed(name: str, nodes: int, quiet: bool) -> dict[str, Any]:
     venv = nodeenv.build_node_venv()
     timings["node_venv"] = time.monotonic() - t
 
+    spec = testbed.TestbedSpec(name=name, nodes=nodes)
     t = time.monotonic()
-    model_dir = getattr(tinymodel, "DEFAULT_DIR", None)
-    _say("[testbed] tiny model", quiet)
-    model = tinymodel.make_tiny_llama(model_dir) if model_dir is not None else tinymodel.make_tiny_llama()
+    # The inventory serves the model from the test bed's shared dir (mounted at the same path in
+    # every node): generate it there (reused when current).
+    model_dir = spec.resolved_shared_dir() / "models" / tinymodel.DEFAULT_NAME
+    _say(f"[testbed] tiny model in {model_dir}", quiet)
+    model = tinymodel.make_tiny_llama(model_dir)
     timings["tiny_model"] = time.monotonic() - t
 
     t = time.monotonic()
     _say(f"[testbed] {nodes} nodes '{name}' (bond0)", quiet)
-    spec = testbed.TestbedSpec(name=name, nodes=nodes)
     testbed.up(spec)
     timings["testbed_up"] = time.monotonic() - t
     return {"venv": str(venv), "model": str(model), "timings": timings}
