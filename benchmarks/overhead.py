@@ -5,9 +5,12 @@ On the local test bed (inventories/local, started by `multinode-vllm up` or `tes
 
 1. teardown, then `site.yml` through the runner API: first-run time (cluster from stopped);
 2. `site.yml` again: rerun time (everything already in place: the idempotent path);
-3. teardown, then the same Ray head, Ray worker and `vllm serve` started by hand over ssh, timed
-   until /health answers 200 and a chat completion returns text;
+3. the same Ray head, Ray workers and `vllm serve` (the commands and env files site.yml deployed,
+   read from the units) started by hand over ssh after stopping the units, timed until a chat
+   completion returns text;
 4. teardown.
+
+Needs the native runtime (the test bed's): the by-hand commands come from the systemd units.
 
 Writes benchmarks/results/overhead-<UTC>.json with the three times and the ratios
 ``first / by_hand`` and ``rerun / first``.
@@ -35,8 +38,10 @@ RESULTS = PROJECT_DIR / "benchmarks" / "results"
 
 def timed_run(inventory: str, playbook: str, **kw: Any) -> tuple[float, dict[str, Any]]:
     t = time.monotonic()
-    result = run(RunOptions(inventory=inventory, playbook=playbook, **kw))
-    return time.monotonic() - t, result.to_dict()
+    result = run(RunOptions(inventory=inventory, playbook=playbook, **kw)).to_dict()
+    if result.get("status") != "successful":
+        raise SystemExit(f"overhead: {playbook} did not succeed ({result.get('status')}): {result.get('failures')}")
+    return time.monotonic() - t, result
 
 
 def ssh_argv(hv: dict[str, Any], host: str) -> list[str]:
@@ -64,67 +69,82 @@ def sh(hv: dict[str, Any], host: str, command: str, timeout: float = 120) -> str
     return out.stdout
 
 
-def first(hv: dict[str, Any], *names: str, default: Any = None) -> Any:
-    for n in names:
-        if hv.get(n) not in (None, ""):
-            return hv[n]
-    return default
+def exec_start(unit_text: str) -> tuple[list[str], str | None]:
+    """(argv, EnvironmentFile) of a unit as `systemctl cat` prints it (systemd quoting undone)."""
+    argv: list[str] = []
+    env_file = None
+    for line in unit_text.splitlines():
+        if line.startswith("ExecStart="):
+            argv = [a.replace("$$", "$").replace("%%", "%") for a in shlex.split(line[len("ExecStart=") :])]
+        elif line.startswith("EnvironmentFile="):
+            env_file = line.split("=", 1)[1].lstrip("-")
+    if not argv:
+        raise SystemExit("overhead: the unit has no ExecStart (did site.yml run with the native runtime?)")
+    return argv, env_file
+
+
+def by_hand_command(argv: list[str], env_file: str | None, log: str) -> str:
+    """The unit's command as someone types it over ssh: its env file sourced, in the background
+    (`ray start` without --block returns once the node runs; vllm serve under nohup)."""
+    args = [a for a in argv if a != "--block"]
+    source = f"set -a; . {shlex.quote(env_file)}; set +a; " if env_file else ""
+    run = " ".join(shlex.quote(a) for a in args)
+    if args[0].endswith("/ray"):
+        return f"{source}{run} >{log} 2>&1"
+    return f"{source}nohup {run} >{log} 2>&1 </dev/null & echo $!"
+
+
+def env_value(text: str, key: str) -> str | None:
+    for line in text.splitlines():
+        if line.startswith(f"{key}="):
+            return shlex.split(line.split("=", 1)[1])[0] if line.split("=", 1)[1] else ""
+    return None
 
 
 def by_hand(inventory: str, timeout: float = 600) -> float:
-    """Ray head, Ray worker(s), vllm serve on the head: the seed guide's commands over ssh."""
+    """The same Ray head, Ray workers and vllm serve, typed over ssh as the seed guides do.
+
+    The commands are the ones site.yml deployed (read from the units and their env files, so both
+    runs start exactly the same processes); the units are stopped first and left stopped.
+    """
     listing = inventory_vars(inventory)
     hostvars = listing.get("_meta", {}).get("hostvars", {})
     head = head_host(listing)
     workers = list((listing.get("ray_workers") or {}).get("hosts") or [])
     hv = hostvars[head]
-    venv = first(hv, "multinode_venv", "multinode_node_venv", "ray_head_venv", default="/opt/multinode-vllm/venv")
-    model = first(hv, "multinode_model_path", "multinode_model", "vllm_serve_model")
-    served = first(hv, "multinode_served_model_name", "vllm_serve_served_model_name", default="tiny")
-    port = int(first(hv, "multinode_vllm_port", "vllm_serve_port", default=8000))
-    gpus = int(first(hv, "multinode_gpus_per_node", "ray_head_num_gpus", default=1))
-    tp = int(first(hv, "multinode_tensor_parallel_size", "vllm_serve_tensor_parallel_size", default=1))
-    pp = int(first(hv, "multinode_pipeline_parallel_size", "vllm_serve_pipeline_parallel_size", default=2))
-    extra = first(hv, "vllm_serve_extra_args", "multinode_vllm_extra_args", default=[])
-    env = first(hv, "vllm_serve_environment", "multinode_vllm_environment", default={})
-    if not model:
-        raise SystemExit("overhead: the inventory names no model path (multinode_model_path)")
-
-    def ip(h: str) -> str:
-        v = hostvars[h]
-        return str(first(v, "multinode_node_ip", "ray_node_ip", "ansible_host", default=h))
-
-    head_ip = ip(head)
-    envs = " ".join(f"{k}={shlex.quote(str(v))}" for k, v in env.items())
-    t = time.monotonic()
-    sh(hv, head, f"{venv}/bin/ray start --head --node-ip-address={head_ip} --port=6379 --num-gpus={gpus}")
-    for w in workers:
-        sh(
-            hostvars[w],
-            w,
-            f"{venv}/bin/ray start --address={head_ip}:6379 --node-ip-address={ip(w)} --num-gpus={gpus}",
-        )
-    serve = (
-        f"{envs} VLLM_HOST_IP={head_ip} nohup {venv}/bin/vllm serve {shlex.quote(str(model))} "
-        f"--served-model-name {shlex.quote(str(served))} --host 0.0.0.0 --port {port} "
-        f"--tensor-parallel-size {tp} --pipeline-parallel-size {pp} --distributed-executor-backend ray "
-        f"{' '.join(shlex.quote(str(a)) for a in extra)} >/tmp/overhead-vllm.log 2>&1 & echo $!"
+    head_cmd = exec_start(sh(hv, head, "systemctl cat ray-head"))
+    vllm_argv, vllm_env = exec_start(sh(hv, head, "systemctl cat vllm"))
+    worker_cmds = {w: exec_start(sh(hostvars[w], w, "systemctl cat ray-worker")) for w in workers}
+    env_text = sh(hv, head, f"cat {shlex.quote(vllm_env)}") if vllm_env else ""
+    served = vllm_argv[vllm_argv.index("--served-model-name") + 1] if "--served-model-name" in vllm_argv else None
+    port = vllm_argv[vllm_argv.index("--port") + 1] if "--port" in vllm_argv else "8000"
+    ep = Endpoint(
+        f"http://{hv.get('ansible_host') or head}:{port}", api_key=env_value(env_text, "VLLM_API_KEY"), model=served
     )
-    pid = sh(hv, head, serve).strip()
-    ep = Endpoint(f"http://{hv.get('ansible_host') or head}:{port}", model=str(served))
+    sh(hv, head, "systemctl stop vllm", timeout=120)
+    for w in workers:
+        sh(hostvars[w], w, "systemctl stop ray-worker", timeout=120)
+    sh(hv, head, "systemctl stop ray-head", timeout=120)
+
+    t = time.monotonic()
+    sh(hv, head, by_hand_command(*head_cmd, "/tmp/overhead-ray-head.log"), timeout=180)
+    for w, cmd in worker_cmds.items():
+        sh(hostvars[w], w, by_hand_command(*cmd, "/tmp/overhead-ray-worker.log"), timeout=180)
+    pid = sh(hv, head, by_hand_command(vllm_argv, vllm_env, "/tmp/overhead-vllm.log")).strip()
     deadline = time.monotonic() + timeout
     while True:
         try:
-            chat_once(ep, "hello", max_tokens=4, timeout=10)
+            chat_once(ep, "hello", max_tokens=4, timeout=30)
             break
         except (urllib.error.URLError, OSError, KeyError, ValueError):
             if time.monotonic() > deadline:
-                raise SystemExit("overhead: vllm started by hand never answered") from None
+                raise SystemExit("overhead: vllm started by hand never answered (/tmp/overhead-vllm.log)") from None
             time.sleep(1)
     elapsed = time.monotonic() - t
-    sh(hv, head, f"kill {pid}; sleep 2; {venv}/bin/ray stop --force", timeout=60)
+    ray = head_cmd[0][0]
+    sh(hv, head, f"kill {pid}; sleep 3; {ray} stop --force", timeout=120)
     for w in workers:
-        sh(hostvars[w], w, f"{venv}/bin/ray stop --force", timeout=60)
+        sh(hostvars[w], w, f"{ray} stop --force", timeout=120)
     return elapsed
 
 
@@ -140,7 +160,6 @@ def main(argv: list[str] | None = None) -> int:
     doc["rerun_changed"] = sum(h["changed"] for h in doc["rerun_run"]["hosts"].values())
     doc["rerun_over_first"] = round(doc["rerun_s"] / doc["first_s"], 3)
     if not args.skip_hand:
-        timed_run(args.inventory, "playbooks/teardown.yml")
         doc["by_hand_s"] = by_hand(args.inventory)
         doc["first_over_by_hand"] = round(doc["first_s"] / doc["by_hand_s"], 3)
     timed_run(args.inventory, "playbooks/teardown.yml")
