@@ -46,16 +46,6 @@ PYNVML_SYMBOLS = [
 ]
 
 
-@pytest.fixture(scope="session")
-def fake_lib(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    lib = fake_nvml.build_library(tmp_path_factory.getbasetemp() / "fake-nvml")
-    ours = ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    pynvml._LoadNvmlLibrary()
-    if pynvml.nvmlLib._handle != ours._handle:
-        pytest.skip("another libnvidia-ml.so.1 was loaded into this process before the fake")
-    return lib
-
-
 @pytest.fixture
 def nvml(fake_lib: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Path]]:
     """Write a config (make_config kwargs, or cfg=dict) and point FAKE_NVML_CONFIG at it."""

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from multinode_vllm.testbed.podman import TestbedError, podman, run
+from multinode_vllm.testbed.podman import TestbedError, podman, run, tar_pipe
 from multinode_vllm.testbed.state import Steps, image_dir
 
 IMAGE = "localhost/multinode-vllm-node:bookworm"
@@ -224,34 +224,10 @@ def prepare_rootfs(root: Path) -> None:
 
 
 def import_rootfs(root: Path, image: str, label: str) -> None:
-    tar = subprocess.Popen(
-        ["tar", "--numeric-owner", "-C", str(root), "-c", "."],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        imp = subprocess.run(
-            [
-                "podman",
-                "import",
-                "-q",
-                "--change",
-                f"LABEL {RECIPE_LABEL}={label}",
-                "--change",
-                'CMD ["/sbin/init"]',
-                "-",
-                image,
-            ],
-            stdin=tar.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    finally:
-        if tar.stdout:
-            tar.stdout.close()
-        tar_rc = tar.wait()
-    if imp.returncode != 0 or tar_rc != 0:
-        raise TestbedError(f"podman import of {root} failed (tar {tar_rc}, import {imp.returncode}): {imp.stderr}")
+    argv = ["podman", "import", "-q", "--change", f"LABEL {RECIPE_LABEL}={label}", "--change", 'CMD ["/sbin/init"]']
+    imp = tar_pipe(root, ["."], [*argv, "-", image])
+    if imp.returncode != 0:
+        raise TestbedError(f"podman import of {root} failed ({imp.returncode}): {imp.stderr}")
 
 
 def ensure_image(steps: Steps | None = None, *, force: bool = False) -> dict[str, Any]:

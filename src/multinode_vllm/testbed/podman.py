@@ -115,3 +115,24 @@ def write_containers_conf(path: str = "/etc/containers/containers.conf") -> bool
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(CONTAINERS_CONF)
     return True
+
+
+def tar_pipe(
+    src: str | os.PathLike[str], members: Sequence[str], into: Sequence[str]
+) -> subprocess.CompletedProcess[str]:
+    """``tar -c members`` (numeric owners, from ``src``) piped into the command ``into``.
+
+    Returns the receiving command's result; a failing tar shows as a non-zero ``returncode``
+    there too (its own code is folded in when the receiver succeeded).
+    """
+    tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(src), "-c", *members], stdout=subprocess.PIPE)
+    try:
+        proc = subprocess.run(list(into), stdin=tar.stdout, capture_output=True, text=True, check=False)
+    finally:
+        if tar.stdout:
+            tar.stdout.close()
+        tar_rc = tar.wait()
+    if proc.returncode == 0 and tar_rc != 0:
+        proc.returncode = tar_rc
+        proc.stderr = f"tar exited with {tar_rc}. {proc.stderr}"
+    return proc

@@ -14,13 +14,12 @@ from __future__ import annotations
 import importlib
 import json
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from multinode_vllm.testbed.podman import TestbedError, podman
+from multinode_vllm.testbed.podman import TestbedError, podman, tar_pipe
 
 NVML_LIB = "/opt/fake-nvml/lib/libnvidia-ml.so.1"
 NVML_LDCONF = "/etc/ld.so.conf.d/fake-nvml.conf"
@@ -77,20 +76,8 @@ def _tar_into(container: str, stage: Path, dest: str = "/") -> None:
     tops = sorted(p.name for p in stage.iterdir())
     if not tops:
         return
-    tar = subprocess.Popen(["tar", "--numeric-owner", "-C", str(stage), "-c", *tops], stdout=subprocess.PIPE)
-    try:
-        proc = subprocess.run(
-            ["podman", "exec", "-i", container, "tar", "-x", "--no-overwrite-dir", "-C", dest],
-            stdin=tar.stdout,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    finally:
-        if tar.stdout:
-            tar.stdout.close()
-        tar_rc = tar.wait()
-    if proc.returncode != 0 or tar_rc != 0:
+    proc = tar_pipe(stage, tops, ["podman", "exec", "-i", container, "tar", "-x", "--no-overwrite-dir", "-C", dest])
+    if proc.returncode != 0:
         raise TestbedError(f"copying stand-ins into {container} failed: {proc.stderr.strip()}")
 
 
