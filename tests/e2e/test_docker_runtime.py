@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import re
+import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +66,8 @@ def engine() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def inventory(engine: str) -> dict[str, Any]:
     venv = build_node_venv()
+    # a clean node: no configuration left by an earlier, interrupted run
+    shutil.rmtree(ROOT_DIR / "etc", ignore_errors=True)
     model = make_tiny_llama(ROOT_DIR / "models" / "tiny-llama", quiet=True)
     iface, ip = default_route()
     # the fake NVML for gpu_facts (one "GPU"), through a python wrapper at the test boundary
@@ -94,6 +98,8 @@ def inventory(engine: str) -> dict[str, Any]:
         "multinode_ray_num_gpus": 1,
         "multinode_ray_object_store_memory": 268435456,
         "multinode_limit_nofile": 16384,
+        # this machine lacks CAP_SYS_RESOURCE: the containers cannot get more than its own hard limit
+        "multinode_docker_memlock": resource.getrlimit(resource.RLIMIT_MEMLOCK)[1],
         "multinode_node_env": {"VLLM_CPU_KVCACHE_SPACE": "1"},
         "preflight_control_interface": iface,
         "preflight_python": str(wrapper),
@@ -169,6 +175,8 @@ def test_docker_runtime_serves_reruns_clean_and_tears_down(
         # the API key reaches vLLM through the mode 0600 file sourced by the entrypoint only
         assert API_KEY not in json.dumps(info), f"{name}: the API key shows in docker inspect"
     assert "--distributed-executor-backend" in inspect("vllm")["Args"]
+    # the driver in the vllm container finds the raylet of the ray-head container by its process
+    assert inspect("vllm")["HostConfig"]["PidMode"] == "host"
     ps = sh("ps", "-eo", "args")
     assert API_KEY not in ps
     env_file = ROOT_DIR / "etc" / "vllm.env"

@@ -209,7 +209,13 @@ def test_native_ray_backend_renders_the_seed_command_lines(tmp_path: Path) -> No
     assert "--max-num-seqs" not in v and "--nnodes" not in v and "--trust-remote-code" not in v
     assert head["runs_here"] is True and worker["runs_here"] is False
     assert head["node_ips"] == [HEAD, WORKER] and head["expected_gpus"] == 16
-    assert head["ray_python"] == ["/opt/v/bin/python"]
+    # Ray token auth: the client gets the mode and the token file's path, never the token
+    assert head["ray_python"] == [
+        "env",
+        "RAY_AUTH_MODE=token",
+        "RAY_AUTH_TOKEN_PATH=/etc/multinode-vllm/ray-auth-token",
+        "/opt/v/bin/python",
+    ]
     # the key is in the 0600 env file only, never on a command line
     assert not any("sk-secret-1" in a for a in v)
     assert "sk-secret-1" not in head["vllm.service"]
@@ -287,3 +293,21 @@ def test_docker_runtime_keeps_secrets_out_of_env_and_argv(tmp_path: Path) -> Non
     )
     assert proc.stdout == "sk-it's|arg0"
     assert r["node1"]["endpoint_host"] == "192.0.2.11"
+
+
+def test_model_revision_and_load_strategy_reach_vllm_serve(tmp_path: Path) -> None:
+    r = render(
+        tmp_path,
+        multinode_runtime="native",
+        multinode_model="meta-llama/Llama-3.1-8B-Instruct",
+        multinode_model_revision="0e9e39f249a16976918f6564b8830bc894c89659",
+        multinode_model_load_strategy="eager",
+    )
+    args = argpairs(r["node1"]["vllm_args"])
+    assert args["--revision"] == "0e9e39f249a16976918f6564b8830bc894c89659"
+    assert args["--safetensors-load-strategy"] == "eager"
+    # a local path has no revision; no strategy: vLLM's default
+    (tmp_path / "b").mkdir()
+    r = render(tmp_path / "b", multinode_runtime="native", multinode_model="/models/llama")
+    assert "--revision" not in r["node1"]["vllm_args"]
+    assert "--safetensors-load-strategy" not in r["node1"]["vllm_args"]

@@ -1,0 +1,117 @@
+"""The mp backend end to end on its own test bed (mnv-mp): no Ray, `vllm serve --nnodes 2` on
+both nodes (`--headless` on the worker), the tiny model with pipeline parallel 2 across them.
+
+site.yml with multinode_backend=mp; a chat completion; the units' command lines; a rerun with
+changed=0; the worker's headless vLLM killed and restarted by systemd (the head's engine lost its
+second stage) brought back by one rerun; teardown. Phase times are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multinode_vllm import testbed as tb
+from multinode_vllm.testbed.tinymodel import make_tiny_llama
+
+pytestmark = pytest.mark.e2e
+
+NAME = "mnv-mp"
+API_KEY = "mnv-testbed-key"  # inventories/local/group_vars/all/serve.yml
+MP = {"multinode_backend": "mp"}
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+PHASES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def bed() -> Iterator[tb.Testbed]:
+    tb.down(NAME)  # a first run from bare nodes, even after an interrupted session
+    b = tb.up(tb.TestbedSpec(name=NAME, nodes=2, layout="bond0", local_inventory=False))
+    try:
+        make_tiny_llama(Path(b.shared_dir) / "models" / "tiny-llama", quiet=True)
+        yield b
+    finally:
+        tb.down(NAME)
+
+
+def play(run_ansible: Callable[..., Any], bed: tb.Testbed, *playbooks: str, phase: str) -> tuple[dict[str, int], str]:
+    t0 = time.monotonic()
+    proc = run_ansible("ansible-playbook", "-i", str(bed.inventory), *playbooks, "-e", json.dumps(MP), timeout=900)
+    PHASES[phase] = round(time.monotonic() - t0, 1)
+    print(f"\n[mp phase] {phase}: {PHASES[phase]} s")
+    assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+
+
+def sh(bed: tb.Testbed, index: int, script: str) -> str:
+    return bed.exec(index, ["sh", "-c", script], check=False).stdout
+
+
+def chat(bed: tb.Testbed) -> str:
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
+    req = urllib.request.Request(
+        f"http://{bed.node(1).mgmt_ip}:8000/v1/chat/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return str(json.loads(resp.read())["choices"][0]["message"]["content"])
+
+
+def started(bed: tb.Testbed, index: int) -> int:
+    """The vllm unit's start (monotonic µs; the nodes share this machine's kernel clock)."""
+    return int(sh(bed, index, "systemctl show -p ExecMainStartTimestampMonotonic --value vllm").strip() or 0)
+
+
+def test_mp_backend_serves_pp2_across_two_nodes_and_recovers(bed: tb.Testbed, run_ansible: Callable[..., Any]) -> None:
+    play(run_ansible, bed, "site.yml", phase="site.yml (first run)")
+    text = chat(bed)
+    print(f"[mp answer] {text!r}")
+    assert text
+
+    head = sh(bed, 1, "systemctl cat vllm")
+    worker = sh(bed, 2, "systemctl cat vllm")
+    head_ip, worker_ip = bed.node(1).ips["bond0"], bed.node(2).ips["bond0"]
+    for unit, rank in ((head, "0"), (worker, "1")):
+        assert '"--distributed-executor-backend" "mp"' in unit
+        assert '"--nnodes" "2"' in unit and f'"--node-rank" "{rank}"' in unit
+        assert f'"--master-addr" "{head_ip}"' in unit
+    assert '"--headless"' in worker and '"--headless"' not in head
+    assert f"VLLM_HOST_IP={worker_ip}" in sh(bed, 2, "cat /etc/multinode-vllm/vllm.env").replace('"', "")
+    # no Ray with mp
+    assert sh(bed, 1, "systemctl is-active ray-head").strip() != "active"
+    assert sh(bed, 2, "systemctl is-active ray-worker").strip() != "active"
+    # both nodes hold a pipeline stage
+    assert "Worker_PP1" in sh(bed, 2, "journalctl -u vllm --no-pager")
+
+    recap, _ = play(run_ansible, bed, "site.yml", phase="site.yml (rerun)")
+    assert set(recap.values()) == {0}, recap
+
+    # the worker's headless vLLM dies; systemd (Restart=on-failure) starts it again after 10 s
+    before = started(bed, 2)
+    sh(bed, 2, "systemctl kill --signal=SIGKILL vllm")
+    deadline = time.monotonic() + 120
+    while started(bed, 2) in (0, before) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert started(bed, 2) not in (0, before), "systemd did not restart the worker's vLLM"
+    restarted_at = started(bed, 2)
+    _, out = play(run_ansible, bed, "playbooks/serve.yml", phase="serve rerun after a killed headless worker")
+    by_rerun = "node2 vllm started after vLLM" in out
+    print(f"[mp recovery] head vLLM restarted by {'the rerun' if by_rerun else 'itself (systemd)'}")
+    # the head's engine (which lost its second stage) started again after the worker came back
+    assert started(bed, 1) > restarted_at
+    assert chat(bed)
+
+    play(run_ansible, bed, "playbooks/teardown.yml", phase="teardown")
+    for i in (1, 2):
+        assert sh(bed, i, "systemctl is-active vllm").strip() != "active"
+    assert (Path(bed.shared_dir) / "models" / "tiny-llama" / "config.json").exists()
+    print(f"[mp phases] {json.dumps(PHASES)}")
