@@ -16,7 +16,7 @@ description:
   - Between polls it reads the state of the process that serves it (the systemd unit of the native
     runtime, or the container of the docker runtime). When that process has failed, or has been
     restarted more than O(max_restarts) times since the wait began (a bad model path, out of
-    memory, a wrong flag: vLLM exits, systemd or Docker start it again, and /health never
+    memory or a wrong flag make vLLM exit, systemd or Docker start it again, and /health never
     answers), it stops at once with the last lines of the log instead of waiting O(timeout).
   - Read-only; runs in check mode.
 options:

@@ -19,6 +19,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 from multinode_vllm.testbed.image import IMAGE as NODE_IMAGE
 from multinode_vllm.testbed.nodeenv import default_venv
@@ -37,7 +38,7 @@ class DockerHostError(RuntimeError):
     """The engine cannot be started or the image cannot be built."""
 
 
-def _docker(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+def _docker(*args: str, check: bool = True, **kw: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["docker", *args], check=check, capture_output=True, text=True, **kw)
 
 
