@@ -102,13 +102,13 @@ def select_fabric(
         layout, control = "default_route", default_iface
         source = f"no bond0 or eth2: the default route's interface {default_iface}"
     else:
-        raise FabricError("no bond0, no eth2 and no default route: set fabric_control_interface")
-    iface = _usable(interfaces, control, "fabric_control_interface")
+        raise FabricError("no bond0, no eth2 and no default route: set control_interface")
+    iface = _usable(interfaces, control, "control_interface")
 
     if data_interfaces:
         data = list(data_interfaces)
         for name in data:
-            _usable(interfaces, name, "fabric_data_interfaces")
+            _usable(interfaces, name, "data_interfaces")
     elif layout == "droplet":
         data = sorted(rails, key=_natural) or [control]
     else:
@@ -119,7 +119,7 @@ def select_fabric(
         match = [a for a in addresses if a["address"] == control_ip]
         if not match:
             found = ", ".join(a["address"] for a in addresses)
-            raise FabricError(f"control_ip {control_ip} is not on {control} (it has {found}); fix fabric_control_ip")
+            raise FabricError(f"control_ip {control_ip} is not on {control} (it has {found}); fix control_ip")
         chosen = match[0]
     else:
         chosen = addresses[0]

@@ -119,7 +119,7 @@ def test_fabric_failures_name_interface_and_variable(
     with pytest.raises(FabricError) as err:
         choose(links, **kw)
     assert fragment in str(err.value)
-    assert "fabric_control" in str(err.value)
+    assert "control_i" in str(err.value)  # the option to set: control_interface or control_ip
 
 
 def run_module(module: Any, args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:

@@ -1,0 +1,238 @@
+# Copyright (c) multinode.vllm developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Type and value checks of inventory variables for the validate phase. Pure functions, stdlib only.
+
+The validate role collects, for every host, the value of each variable it checks (the inventory's,
+else the product default) and hands them here with a table of rules. Each problem names the
+variable, its value, the hosts that have it and what a valid value looks like, so that the role's
+message can say what to change. Secrets never reach this module: the role passes only their type
+and whether they are empty.
+
+Rule kinds (``{"kind": ..., ...}``):
+
+    port      an integer in 1-65535; ``clash_when`` (a dict of variable -> value) puts the port
+              into the clash check only when those variables have those values on the host
+    int       an integer >= ``min`` (default 1)
+    fraction  a number in (0, 1]
+    choice    one of ``choices``
+    subset    a list whose items are all in ``choices``
+    bool      true or false (or a string Ansible reads as a boolean)
+    args      a list of command-line arguments (strings or numbers), not one string
+    strings   a list of non-empty strings
+    env       a mapping of environment variable names to scalar values
+    envname   an environment variable name
+    abspath   an absolute path
+    nonempty  a non-empty string without white space around it
+    name      a string without white space (may be empty)
+    secret    a string (may be empty); the role passes ``{"secret_type": ..., "empty": ...}``
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_DIGITS = re.compile(r"^[0-9]+$")
+_NUMBER = re.compile(r"^[0-9]*[.]?[0-9]+$")
+_SECRET_TYPES = {"number": "a number", "list": "a list", "mapping": "a mapping", "boolean": "a boolean", "null": "null"}
+_BOOL_STRINGS = {"true", "false", "yes", "no", "on", "off", "y", "n", "1", "0"}
+
+#: The check each kind belongs to (one task of the validate role per check).
+CHECKS = {
+    "port": "port",
+    "int": "number",
+    "fraction": "fraction",
+    "choice": "choice",
+    "subset": "choice",
+    "bool": "bool",
+    "args": "shape",
+    "strings": "shape",
+    "env": "shape",
+    "envname": "name",
+    "abspath": "path",
+    "nonempty": "name",
+    "name": "name",
+    "secret": "secret",
+}
+
+
+def _is_int(value: Any) -> bool:
+    return (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, str) and bool(_DIGITS.match(value))
+    )
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null (an empty YAML value)"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
+def show(value: Any) -> str:
+    """The value as the message shows it: scalars as written, lists and mappings as JSON."""
+    if isinstance(value, (list, tuple, dict)):
+        try:
+            return json.dumps(value, sort_keys=True, default=str)
+        except (TypeError, ValueError):
+            return repr(value)
+    if isinstance(value, str) and (value == "" or value != value.strip()):
+        return json.dumps(value)
+    return str(value)
+
+
+def check_value(rule: dict[str, Any], value: Any) -> str | None:
+    """None when ``value`` satisfies ``rule``; else what a valid value is (the fix)."""
+    kind = rule.get("kind")
+    if kind == "port":
+        if _is_int(value) and 1 <= int(value) <= 65535:
+            return None
+        return "an integer in 1-65535"
+    if kind == "int":
+        low = int(rule.get("min", 1))
+        if _is_int(value) and int(value) >= low:
+            return None
+        return f"a whole number >= {low}" + (" (0: vLLM's default)" if low == 0 else "")
+    if kind == "fraction":
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
+            isinstance(value, str) and bool(_NUMBER.match(value))
+        )
+        if ok and 0 < float(value) <= 1:
+            return None
+        return "a number above 0 and at most 1, e.g. 0.9 (a fraction of each GPU's memory)"
+    if kind == "choice":
+        choices = list(rule.get("choices") or [])
+        if isinstance(value, str) and value in choices:
+            return None
+        return "one of " + ", ".join(str(c) for c in choices)
+    if kind == "subset":
+        choices = list(rule.get("choices") or [])
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v in choices for v in value):
+            return None
+        return "a list of " + ", ".join(str(c) for c in choices)
+    if kind == "bool":
+        if isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOL_STRINGS):
+            return None
+        if isinstance(value, int) and value in (0, 1):
+            return None
+        return "true or false"
+    if kind == "args":
+        if isinstance(value, (list, tuple)) and all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
+        ):
+            return None
+        if isinstance(value, str):
+            return 'a YAML list with one item per argument, e.g. ["--max-num-seqs", "64"], not one string'
+        return 'a YAML list of strings, e.g. ["--max-num-seqs", "64"]'
+    if kind == "strings":
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v.strip() for v in value):
+            return None
+        return 'a YAML list of non-empty strings, e.g. ["vllm==0.17.1", "ray[default]"]'
+    if kind == "env":
+        if isinstance(value, dict) and all(
+            isinstance(k, str) and ENV_NAME.match(k) and isinstance(v, (str, int, float, bool))
+            for k, v in value.items()
+        ):
+            return None
+        return 'a mapping of environment variable names (letters, digits, _) to values, e.g. {NCCL_DEBUG: "INFO"}'
+    if kind == "envname":
+        if isinstance(value, str) and ENV_NAME.match(value):
+            return None
+        return "an environment variable name: letters, digits and _, not starting with a digit"
+    if kind == "abspath":
+        if isinstance(value, str) and value.startswith("/") and value == value.strip():
+            return None
+        return "an absolute path (starting with /), the same on every node"
+    if kind == "nonempty":
+        if isinstance(value, str) and value.strip() and value == value.strip():
+            return None
+        return rule.get("want") or "a non-empty string"
+    if kind == "name":
+        if isinstance(value, str) and not re.search(r"\s", value):
+            return None
+        return rule.get("want") or "a string without spaces"
+    if kind == "secret":
+        if isinstance(value, dict) and value.get("secret_type") == "string":
+            return None
+        return "a quoted string in the vault (a YAML number or list is not a key)"
+    raise ValueError(f"unknown rule kind {kind!r}")
+
+
+def invalid_vars(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Problems of ``values`` (host -> variable -> value) against ``rules`` (variable -> rule).
+
+    One problem per variable and value, with every host that has it: ``{"check", "var", "value",
+    "hosts", "want", "text"}``; ``text`` reads "var=value on host1, host2 (want)". Variables a host
+    does not have are not checked (the role leaves out optional ones the inventory does not set).
+    """
+    found: dict[tuple[str, str], dict[str, Any]] = {}
+    for host, host_values in values.items():
+        for var, rule in rules.items():
+            if var not in host_values:
+                continue
+            value = host_values[var]
+            want = check_value(rule, value)
+            if want is None:
+                continue
+            secret = rule.get("kind") == "secret"
+            if secret:
+                # only the type of a secret is known here, never its value
+                secret_type = str(value.get("secret_type")) if isinstance(value, dict) else ""
+                shown = "is " + _SECRET_TYPES.get(secret_type, "not a string")
+            else:
+                shown = show(value)
+            key = (var, shown)
+            if key not in found:
+                found[key] = {
+                    "check": CHECKS[str(rule["kind"])],
+                    "var": var,
+                    "value": None if secret else value,
+                    "shown": shown,
+                    "hosts": [],
+                    "want": want,
+                }
+            found[key]["hosts"].append(host)
+    problems = []
+    for p in found.values():
+        sep = " " if p["check"] == "secret" else "="
+        p["text"] = f"{p['var']}{sep}{p['shown']} on {', '.join(p['hosts'])} ({p['want']})"
+        problems.append(p)
+    return problems
+
+
+def port_clashes(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, Any]]) -> list[str]:
+    """Hosts where two of the ports in use share a number: "host: a=8000, b=8000"."""
+    clashes = []
+    for host, host_values in values.items():
+        used: list[tuple[str, str]] = []
+        for var, rule in rules.items():
+            if rule.get("kind") != "port" or "clash_when" not in rule or var not in host_values:
+                continue
+            when = rule.get("clash_when") or {}
+            if all(_same(host_values.get(k), v) for k, v in when.items()):
+                used.append((var, str(host_values[var])))
+        numbers = [number for _var, number in used]
+        shared = sorted({n for n in numbers if numbers.count(n) > 1})
+        for number in shared:
+            names = [v for v, n in used if n == number]
+            clashes.append(f"{host}: " + ", ".join(f"{v}={number}" for v in names))
+    return clashes
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    if isinstance(expected, bool):
+        if isinstance(actual, str):
+            return (actual.lower() in ("true", "yes", "on", "y", "1")) == expected
+        return bool(actual) == expected
+    return str(actual) == str(expected)
