@@ -172,6 +172,8 @@ def test_docker_runtime_serves_reruns_clean_and_tears_down(
         env = dict(e.split("=", 1) for e in info["Config"]["Env"])
         assert env["VLLM_HOST_IP"] == inventory["ip"]
         assert env["NCCL_SOCKET_IFNAME"] == env["GLOO_SOCKET_IFNAME"] == inventory["iface"]
+        # the driver and its Ray workers meet over ipc:// sockets in the shared /tmp/ray
+        assert env["VLLM_RPC_BASE_PATH"] == "/tmp/ray"
         # the API key reaches vLLM through the mode 0600 file sourced by the entrypoint only
         assert API_KEY not in json.dumps(info), f"{name}: the API key shows in docker inspect"
     assert "--distributed-executor-backend" in inspect("vllm")["Args"]
