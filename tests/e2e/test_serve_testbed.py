@@ -124,7 +124,9 @@ class Story:
 
     @property
     def ray_cli(self) -> str:
-        return f"{self.extra.get('multinode_venv', str(node_venv()))}/bin/ray"
+        # Ray token auth (multinode_ray_auth_mode=token): a client needs the mode and the token file
+        auth = "RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH=/etc/multinode-vllm/ray-auth-token"
+        return f"{auth} {self.extra.get('multinode_venv', str(node_venv()))}/bin/ray"
 
     def ray_status(self) -> str:
         return self.node_sh(1, f"{self.ray_cli} status --address {self.head_fabric}:6379").stdout

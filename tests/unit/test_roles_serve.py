@@ -261,7 +261,7 @@ def test_docker_runtime_keeps_secrets_out_of_env_and_argv(tmp_path: Path) -> Non
     assert env["NCCL_IB_HCA"] == "mlx5" and env["NCCL_IB_GID_INDEX"] == "3" and env["VLLM_HOST_IP"] == HEAD
     assert "HF_TOKEN" not in env and "VLLM_API_KEY" not in env
     assert head["docker_devices"] == ["/dev/infiniband:/dev/infiniband"]
-    assert "/var/tmp/multinode-vllm/ray:/tmp/ray" in head["docker_volumes"]
+    assert "/var/tmp/multinode-vllm/ray/tmp:/tmp/ray" in head["docker_volumes"]
     assert "/etc/multinode-vllm/vllm.env:/run/multinode-vllm/secrets.env:ro" in head["docker_volumes"]
     assert head["ray_python"] == ["docker", "exec", "ray-head", "python3"]
     assert r["node2"]["ray_python"] == ["docker", "exec", "ray-worker", "python3"]

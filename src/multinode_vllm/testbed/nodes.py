@@ -342,6 +342,8 @@ def _run_args(spec: TestbedSpec, node: NodePlan, nets: list[NetworkPlan], shared
         "--label",
         f"{NODE_LABEL}={node.index}",
         "--restart=always",  # `systemctl reboot` in a node brings it back (reboot handler)
+        "--cap-add",
+        "NET_ADMIN",  # the cluster_firewall role loads its nftables table in the node's netns
         "--shm-size",
         spec.shm_size,
         "-v",
