@@ -183,6 +183,8 @@ def test_docker_runtime_serves_reruns_clean_and_tears_down(
     assert API_KEY not in ps
     env_file = ROOT_DIR / "etc" / "vllm.env"
     assert oct(env_file.stat().st_mode & 0o777) == "0o600"
+    # Ray makes /tmp/ray world-writable; its host directory's parent keeps other users out
+    assert oct((ROOT_DIR / "ray").stat().st_mode & 0o777) == "0o700"
 
     status, doc = chat(inventory["ip"], API_KEY)
     assert status == 200 and doc["choices"][0]["message"]["content"]
