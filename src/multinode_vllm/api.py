@@ -440,7 +440,8 @@ def raise_for_result(result: RunResult, stdout: str = "") -> RunResult:
 # ------------------------------------------------------------------------------------------ run
 @contextlib.contextmanager
 def _sigint_cancels(flag: threading.Event) -> Iterator[None]:
-    """Turn Ctrl-C into a runner cancel (so ansible-playbook is stopped), in the main thread only."""
+    """Turn Ctrl-C and SIGTERM (`kill PID`, a CI job's timeout) into a runner cancel, so that
+    ansible-playbook is stopped rather than left running; in the main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -448,11 +449,12 @@ def _sigint_cancels(flag: threading.Event) -> Iterator[None]:
     def handler(signum: int, frame: Any) -> None:
         flag.set()
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
 
 
 def run(options: RunOptions, on_event: EventCallback | None = None) -> RunResult:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +414,51 @@ def test_real_run_timeout(local_inventory: Path, tmp_path: Path) -> None:
     with pytest.raises(RunTimeout) as err:
         run(RunOptions(inventory=local_inventory, playbook=str(pb), timeout=3))
     assert err.value.result is not None and err.value.result.elapsed < 20
+
+
+def processes() -> dict[int, str]:
+    out = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return {int(pid): args for pid, _, args in (line.strip().partition(" ") for line in out.splitlines())}
+
+
+def test_sigterm_stops_the_playbook_instead_of_orphaning_it(tmp_path: Path, local_inventory: Path) -> None:
+    """`kill PID` of a script using run() cancels the run: ansible-playbook does not outlive it."""
+    marker = f"sleep {os.getpid() % 1000 + 100}.{time.time_ns() % 10**6}"  # this run's own sleep
+    pb = write_playbook(
+        tmp_path,
+        f"""\
+        - name: Long
+          hosts: all
+          gather_facts: false
+          tasks:
+            - name: Wait
+              ansible.builtin.command: {marker}
+              changed_when: false
+        """,
+    )
+    script = tmp_path / "user.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            from multinode_vllm import RunOptions, run
+            from multinode_vllm.api import RunInterrupted
+            try:
+                run(RunOptions(inventory={str(local_inventory)!r}, playbook={str(pb)!r}))
+            except RunInterrupted as exc:
+                print("INTERRUPTED", exc)
+            """
+        )
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and marker not in processes().values():
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    time.sleep(1)
+    left = {pid: a for pid, a in processes().items() if str(pb) in a or a == marker}
+    for pid, args in left.items():  # the module's own sleep may outlive ansible-playbook (local connection)
+        if args == marker:
+            os.kill(pid, signal.SIGKILL)
+    assert "INTERRUPTED" in out, out + err[-3000:]
+    assert not [a for a in left.values() if str(pb) in a], left
