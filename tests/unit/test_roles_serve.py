@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import shlex
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from ansible_run import ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
@@ -146,22 +146,11 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "pb.yml").write_text(RENDER_PLAYBOOK.format(root=ROOT, out=out))
     (tmp_path / "extra.json").write_text(json.dumps(extra))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LIBRARY=str(lib))
-    proc = subprocess.run(
-        [
-            str(BIN / "ansible-playbook"),
-            "-i",
-            str(tmp_path / "hosts.yml"),
-            str(tmp_path / "pb.yml"),
-            "-e",
-            f"@{tmp_path / 'extra.json'}",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    proc = ansible_playbook(
+        *("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml")),
+        *("-e", f"@{tmp_path / 'extra.json'}"),
         timeout=120,
-        check=False,
+        ANSIBLE_LIBRARY=str(lib),
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result: dict[str, Any] = {}

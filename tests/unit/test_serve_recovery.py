@@ -7,14 +7,13 @@ hosts, with the `systemctl show` / `docker inspect` outputs that starts.yml regi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from ansible_run import ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
@@ -77,19 +76,7 @@ def decide(tmp_path: Path, node1: dict[str, Any], node2: dict[str, Any], **extra
     out.mkdir()
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "pb.yml").write_text(PLAYBOOK.format(root=ROOT, out=out))
-    proc = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "ansible-playbook"),
-            *("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml")),
-            *("-e", json.dumps(extra)),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = ansible_playbook("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml"), "-e", json.dumps(extra))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {h: json.loads((out / f"{h}.json").read_text()) for h in ("node1", "node2")}
 

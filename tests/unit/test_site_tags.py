@@ -6,11 +6,10 @@ to one phase fails in a phase it did not ask for.
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from ansible_run import ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
@@ -19,18 +18,9 @@ ROOT = Path(PROJECT_DIR)
 
 @pytest.mark.parametrize("inventory", ["baremetal", "droplet"])
 def test_tags_validate_passes_without_nodes(inventory: str) -> None:
-    proc = subprocess.run(
-        [
-            str(ROOT / ".venv" / "bin" / "ansible-playbook"),
-            *("-i", str(ROOT / "inventories" / inventory), "site.yml", "--tags", "validate"),
-            *("-e", "vault_multinode_api_key=unit-test-key"),
-        ],
-        cwd=ROOT,
-        env=dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg")),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
+    proc = ansible_playbook(
+        *("-i", str(ROOT / "inventories" / inventory), "site.yml", "--tags", "validate"),
+        *("-e", "vault_multinode_api_key=unit-test-key"),
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     # the inventories' addresses are documentation examples: reaching one would have failed
