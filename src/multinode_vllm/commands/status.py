@@ -7,7 +7,6 @@ import json
 import sys
 
 from multinode_vllm.progress import (
-    EXIT_OK,
     EXIT_USAGE,
     UsageError,
     add_run_arguments,
@@ -23,8 +22,9 @@ def _cmd(args: argparse.Namespace) -> int:
         print(f"status: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code, result, _exc = execute(options, json_out=args.json)
-    if code == EXIT_OK and result is not None and result.exported and not args.json:
-        # what the status play exported with set_stats: the per-node state table
+    if result is not None and result.exported and not args.json:
+        # what the status play exported with set_stats: the per-node state table, with `problems`;
+        # also when a node did not answer (exit 3): the play goes on for the others
         print(json.dumps(result.exported, indent=2, sort_keys=True, default=str))
     return code
 
