@@ -10,6 +10,15 @@ from multinode_vllm import PROJECT_DIR
 
 ROOT = Path(PROJECT_DIR)
 
+# A module standing in for the preflight facts modules (NIC, GPU, InfiniBand reads): it returns
+# the facts it is given. Rendering tests put it on ANSIBLE_LIBRARY as `fake_facts`.
+FAKE_FACTS_MODULE = """\
+#!/usr/bin/python
+from ansible.module_utils.basic import AnsibleModule
+m = AnsibleModule(argument_spec=dict(facts=dict(type='dict', required=True)), supports_check_mode=True)
+m.exit_json(changed=False, ansible_facts=m.params['facts'])
+"""
+
 
 def ansible_playbook(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
     """`ansible-playbook ARGS` with the repository's ansible.cfg (and extra environment), not checked."""

@@ -23,6 +23,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._firewall import (
     port_ranges,
     split_addresses,
 )
+from ansible_run import FAKE_FACTS_MODULE
 
 from multinode_vllm import PROJECT_DIR
 
@@ -99,13 +100,6 @@ def test_dynamic_ports_run_from_the_ephemeral_start_to_65535() -> None:
 
 
 # --- through Ansible: the filters and what the roles render -----------------------------------
-
-FAKE_FACTS_MODULE = """\
-#!/usr/bin/python
-from ansible.module_utils.basic import AnsibleModule
-m = AnsibleModule(argument_spec=dict(facts=dict(type='dict', required=True)), supports_check_mode=True)
-m.exit_json(changed=False, ansible_facts=m.params['facts'])
-"""
 
 # The plan comes from the role's own tasks/plan.yml and vars files.
 PLAYBOOK = """\

@@ -26,6 +26,7 @@ from ansible.module_utils.testing import patch_module_args
 from ansible_collections.multinode.vllm.plugins.module_utils import _model
 from ansible_collections.multinode.vllm.plugins.module_utils._planner import load_config, plan
 from ansible_collections.multinode.vllm.plugins.modules import model_copy, model_files
+from ansible_run import FAKE_FACTS_MODULE
 
 from multinode_vllm import PROJECT_DIR
 
@@ -270,13 +271,6 @@ def test_model_copy_main_check_mode_then_copy(tmp_path: Path, capsys: pytest.Cap
 
 
 # --- the role, through ansible-playbook on one local host ----------------------------------------
-
-FAKE_FACTS_MODULE = """\
-#!/usr/bin/python
-from ansible.module_utils.basic import AnsibleModule
-m = AnsibleModule(argument_spec=dict(facts=dict(type='dict', required=True)), supports_check_mode=True)
-m.exit_json(changed=False, ansible_facts=m.params['facts'])
-"""
 
 PLAYBOOK = """\
 - name: Preflight facts (stand-in)

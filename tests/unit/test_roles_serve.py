@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_run import ansible_playbook
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
@@ -47,13 +47,6 @@ def test_derived_vars_are_underscored_and_meta_depends_on_multinode(role: str) -
     deps = [d["role"] if isinstance(d, dict) else d for d in meta["dependencies"]]
     assert deps == ([] if role == "multinode" else ["multinode.vllm.multinode"])
 
-
-FAKE_FACTS_MODULE = """\
-#!/usr/bin/python
-from ansible.module_utils.basic import AnsibleModule
-m = AnsibleModule(argument_spec=dict(facts=dict(type='dict', required=True)), supports_check_mode=True)
-m.exit_json(changed=False, ansible_facts=m.params['facts'])
-"""
 
 RENDER_PLAYBOOK = """\
 - name: Render
