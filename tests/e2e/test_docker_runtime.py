@@ -12,6 +12,7 @@ bind-mounted at the same path, so no GPU request (multinode_docker_gpus: none).
 from __future__ import annotations
 
 import json
+import os
 import re
 import resource
 import shutil
@@ -195,6 +196,23 @@ def test_docker_runtime_serves_reruns_clean_and_tears_down(
     recap = {m[0]: int(m[2]) for m in RECAP.findall(out)}
     assert recap == {"node1": 0}, recap
     assert {n: inspect(n)["State"]["StartedAt"] for n in ("ray-head", "vllm")} == started
+
+    # A run stopped after writing a new secrets file and before its restart handler: the file is
+    # newer than the container. Status says so, and the next run restarts that container only.
+    os.utime(env_file)
+    out = play(run_ansible, inventory, "playbooks/status.yml", phase="status, secrets file newer")
+    # (the YAML callback may fold the line)
+    said = " ".join(out.split())
+    assert "node1: the vllm container: its secrets file changed since it started" in said, out[-3000:]
+    out = play(
+        run_ansible, inventory, "playbooks/cluster.yml", "playbooks/serve.yml", phase="rerun, secrets file newer"
+    )
+    assert re.search(
+        r"Restart vLLM because its unit or environment file changed after it started\] \**\nchanged: \[node1\]", out
+    ), out[-3000:]
+    assert inspect("ray-head")["State"]["StartedAt"] == started["ray-head"]
+    assert inspect("vllm")["State"]["StartedAt"] != started["vllm"]
+    assert chat(inventory["ip"], API_KEY)[0] == 200
 
     play(run_ansible, inventory, "playbooks/teardown.yml", phase="teardown")
     names = sh("docker", "ps", "-a", "--format", "{{.Names}}")

@@ -2,8 +2,9 @@
 
 A play stopped after writing a unit or its environment file and before the restart handler leaves
 the service on its old settings; the next run finds the files unchanged. The task file compares
-`systemctl show` (a fake `systemctl` on PATH prints what each case gives) with the files' mtimes
-(real files, times set with os.utime), as ray_head, ray_worker and vllm_serve use it.
+`systemctl show` (native) or `docker inspect` (docker) with the files' mtimes (real files, times set
+with os.utime), as ray_head, ray_worker, vllm_serve and status.yml use it. A fake `systemctl` and
+`docker` on PATH print what each case gives.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -37,10 +39,28 @@ PLAYBOOK = """\
 """
 
 
-def drifted(tmp_path: Path, units: dict[str, tuple[str, int, list[int]]]) -> dict[str, bool]:
-    """units: name -> (ActiveState, started at or 0 for never, mtimes of its files)."""
+def drifted(tmp_path: Path, units: dict[str, tuple[str, int, list[int]]], runtime: str = "native") -> dict[str, bool]:
+    """units: name -> (ActiveState, started at or 0 for never, mtimes of its files).
+
+    docker: ActiveState `active` is a running container, anything else a stopped one; 0 for never
+    is no such container (docker inspect fails).
+    """
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    inspect = {
+        u: f"{'true' if state == 'active' else 'false'} {time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(t))}.123456789Z"
+        for u, (state, t, _) in units.items()
+        if t
+    }
+    (bin_dir / "docker").write_text(
+        "#!/usr/bin/env python3\nimport sys\n"
+        f"INSPECT = {inspect!r}\n"
+        "assert sys.argv[1:4] == ['inspect', '--format', '{{.State.Running}} {{.State.StartedAt}}'], sys.argv\n"
+        "if sys.argv[4] not in INSPECT:\n"
+        "    sys.exit('Error: No such object: ' + sys.argv[4])\n"
+        "print(INSPECT[sys.argv[4]])\n"
+    )
+    (bin_dir / "docker").chmod(0o755)
     show = {
         u: f"ActiveState={state}\nActiveEnterTimestamp={'@' + str(t) if t else ''}"
         for u, (state, t, _) in units.items()
@@ -73,6 +93,8 @@ def drifted(tmp_path: Path, units: dict[str, tuple[str, int, list[int]]]) -> dic
         "local",
         "-e",
         f"ansible_python_interpreter={sys.executable}",
+        "-e",
+        f"multinode_runtime={runtime}",
         str(tmp_path / "pb.yml"),
         PATH=f"{bin_dir}:{os.environ['PATH']}",
     )
@@ -96,8 +118,9 @@ def drifted(tmp_path: Path, units: dict[str, tuple[str, int, list[int]]]) -> dic
         ("active", 0, [T0 + 30, T0 + 30], False),
     ],
 )
-def test_drift(tmp_path: Path, state: str, started: int, mtimes: list[int], expected: bool) -> None:
-    assert drifted(tmp_path, {"ray-head": (state, started, mtimes)}) == {"ray-head": expected}
+@pytest.mark.parametrize("runtime", ["native", "docker"])
+def test_drift(tmp_path: Path, runtime: str, state: str, started: int, mtimes: list[int], expected: bool) -> None:
+    assert drifted(tmp_path, {"ray-head": (state, started, mtimes)}, runtime) == {"ray-head": expected}
 
 
 def test_each_unit_keeps_its_own_answer(tmp_path: Path) -> None:
