@@ -8,8 +8,9 @@ the other:
 2. vLLM killed (SIGKILL of its main PID; systemd's Restart=on-failure races the rerun);
 3. a node stopped and started again (``podman stop`` / ``podman start``: IPs and enabled units kept);
 4. the head's Ray killed (SIGKILL; systemd restarts it as a new, empty cluster);
-5. a play interrupted mid-phase (SIGINT, as Ctrl-C, right after the serve phase wrote a changed
-   vllm unit and before its restart handler ran);
+5. a play interrupted mid-phase, twice: right after the serve phase wrote a changed vllm unit, and
+   right after the cluster phase wrote a changed ray-worker unit, before their restart handlers ran
+   (Ctrl-C; a second Ctrl-C and SIGKILL when ansible-playbook swallows the first, as it can);
 6. /dev/shm filled on the head (the cluster phase stops before changing anything, naming /dev/shm
    and the fix; the operator's fix is to remove the file, then the rerun converges).
 
@@ -21,7 +22,7 @@ Times (inject → reported, rerun) and pass/fail per fault are printed (pytest -
 benchmarks/results/faults-<UTC>.json.
 
 Run it under the heavy lock: ``flock /tmp/mnv-heavy.lock .venv/bin/pytest -s -m e2e
-tests/e2e/test_faults_testbed.py`` (about 15 minutes on 2 cores). MNV_E2E_KEEP=1 keeps the bed.
+tests/e2e/test_faults_testbed.py`` (about 17 minutes on 2 cores). MNV_E2E_KEEP=1 keeps the bed.
 """
 
 from __future__ import annotations
