@@ -20,6 +20,11 @@ m.exit_json(changed=False, ansible_facts=m.params['facts'])
 """
 
 
+def role_vars_files(*roles: str) -> str:
+    """`vars_files:` entries (indented for a play) with each role's defaults, then its vars."""
+    return "\n".join(f"    - {ROOT}/roles/{role}/{kind}/main.yml" for role in roles for kind in ("defaults", "vars"))
+
+
 def ansible_playbook(*args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
     """`ansible-playbook ARGS` with the repository's ansible.cfg (and extra environment), not checked."""
     return subprocess.run(

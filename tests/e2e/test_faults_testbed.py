@@ -77,15 +77,7 @@ class FaultStory(Story):
     def converge(self, label: str) -> tuple[subprocess.CompletedProcess[str], float]:
         """One run of the serving path (cluster.yml + serve.yml); never fails by itself."""
         t0 = time.monotonic()
-        proc = self._run(
-            "ansible-playbook",
-            "-i",
-            str(self.tb.inventory),
-            *CLUSTER_SERVE,
-            "-e",
-            json.dumps(self.extra),
-            timeout=RERUN_TIMEOUT,
-        )
+        proc = self._run("ansible-playbook", *self.playbook_args(*CLUSTER_SERVE), timeout=RERUN_TIMEOUT)
         secs = round(time.monotonic() - t0, 1)
         say(f"{label}: rc={proc.returncode} in {secs} s, recap {recap(proc.stdout)}")
         return proc, secs
@@ -399,16 +391,8 @@ def interrupt_after(story: FaultStory, env: dict[str, str], written: str) -> tup
     terminal closed) while ansible-playbook still runs (INTERRUPT_STEPS). Returns (the task it was
     interrupted at, its exit code, how it was stopped).
     """
-    argv = [
-        str(VENV_BIN / "ansible-playbook"),
-        "-i",
-        str(story.tb.inventory),
-        *CLUSTER_SERVE,
-        "-e",
-        json.dumps(story.extra),
-    ]
     proc = subprocess.Popen(
-        argv,
+        [str(VENV_BIN / "ansible-playbook"), *story.playbook_args(*CLUSTER_SERVE)],
         cwd=PROJECT_DIR,
         env=env,
         stdout=subprocess.PIPE,

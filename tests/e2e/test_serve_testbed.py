@@ -70,21 +70,15 @@ class Story:
     def head_fabric(self) -> str:
         return self.tb.node(1).ips["bond0"]
 
+    def playbook_args(self, *playbooks: str, extra: dict[str, Any] | None = None) -> list[str]:
+        """ansible-playbook's arguments: the test bed's inventory, the playbooks, the story's extra vars (and these)."""
+        return ["-i", str(self.tb.inventory), *playbooks, "-e", json.dumps({**self.extra, **(extra or {})})]
+
     def playbook(self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()):
         if self.failed:
             pytest.fail(f"an earlier step failed: {self.failed}")
-        ev = {**self.extra, **(extra or {})}
         t0 = time.monotonic()
-        proc = self._run(
-            "ansible-playbook",
-            "-i",
-            str(self.tb.inventory),
-            *playbooks,
-            "-e",
-            json.dumps(ev),
-            *args,
-            timeout=900,
-        )
+        proc = self._run("ansible-playbook", *self.playbook_args(*playbooks, extra=extra), *args, timeout=900)
         PHASE_SECONDS[phase] = round(time.monotonic() - t0, 1)
         print(f"\n[phase] {phase}: {PHASE_SECONDS[phase]} s")
         if proc.returncode != 0:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import stat
 import subprocess
@@ -23,12 +22,11 @@ from ansible_collections.multinode.vllm.plugins.module_utils._firewall import (
     port_ranges,
     split_addresses,
 )
-from ansible_run import FAKE_FACTS_MODULE
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, role_vars_files
 
 from multinode_vllm import PROJECT_DIR
 
 ROOT = Path(PROJECT_DIR)
-BIN = ROOT / ".venv" / "bin"
 HEAD, WORKER = "10.0.1.11", "10.0.1.12"
 RAIL = {"node1": "10.0.2.11", "node2": "10.0.2.12"}
 
@@ -107,16 +105,7 @@ PLAYBOOK = """\
   hosts: all
   gather_facts: false
   vars_files:
-    - {root}/roles/multinode/defaults/main.yml
-    - {root}/roles/multinode/vars/main.yml
-    - {root}/roles/cluster_firewall/defaults/main.yml
-    - {root}/roles/cluster_firewall/vars/main.yml
-    - {root}/roles/ray_head/defaults/main.yml
-    - {root}/roles/ray_head/vars/main.yml
-    - {root}/roles/ray_worker/defaults/main.yml
-    - {root}/roles/ray_worker/vars/main.yml
-    - {root}/roles/vllm_serve/defaults/main.yml
-    - {root}/roles/vllm_serve/vars/main.yml
+{vars_files}
   tasks:
     - name: Set the preflight facts
       fake_facts:
@@ -187,18 +176,19 @@ def run_render(tmp_path: Path, **extra: Any) -> subprocess.CompletedProcess[str]
         }
     }
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
-    (tmp_path / "pb.yml").write_text(PLAYBOOK.format(root=ROOT, out=out))
+    (tmp_path / "pb.yml").write_text(
+        PLAYBOOK.format(
+            root=ROOT,
+            out=out,
+            vars_files=role_vars_files("multinode", "cluster_firewall", "ray_head", "ray_worker", "vllm_serve"),
+        )
+    )
     (tmp_path / "extra.json").write_text(json.dumps(extra))
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LIBRARY=str(lib))
-    argv = [str(BIN / "ansible-playbook"), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml")]
-    return subprocess.run(
-        [*argv, "-e", f"@{tmp_path / 'extra.json'}"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
+    return ansible_playbook(
+        *("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml")),
+        *("-e", f"@{tmp_path / 'extra.json'}"),
         timeout=120,
-        check=False,
+        ANSIBLE_LIBRARY=str(lib),
     )
 
 

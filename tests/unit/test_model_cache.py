@@ -26,12 +26,11 @@ from ansible.module_utils.testing import patch_module_args
 from ansible_collections.multinode.vllm.plugins.module_utils import _model
 from ansible_collections.multinode.vllm.plugins.module_utils._planner import load_config, plan
 from ansible_collections.multinode.vllm.plugins.modules import model_copy, model_files
-from ansible_run import FAKE_FACTS_MODULE
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
 ROOT = Path(PROJECT_DIR)
-BIN = ROOT / ".venv" / "bin"
 FAKE_HF = ROOT / "tests" / "fixtures" / "fake_hf" / "hf"
 TINY_CONFIG = ROOT / "tests" / "fixtures" / "models" / "tiny-llama" / "config.json"
 TOKEN = "hf_unitTEST0secret0token0value42"
@@ -331,17 +330,11 @@ def play(env: dict[str, Any], *args: str, **vars_: Any) -> Run:
         }
     }
     (tmp / "hosts.yml").write_text(yaml.safe_dump(inv))
-    environ = dict(
-        os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_LIBRARY=str(env["lib"]), ANSIBLE_NOCOLOR="1"
-    )
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(tmp / "hosts.yml"), str(tmp / "pb.yml"), *args],
-        cwd=ROOT,
-        env=environ,
-        capture_output=True,
-        text=True,
+    proc = ansible_playbook(
+        *("-i", str(tmp / "hosts.yml"), str(tmp / "pb.yml"), *args),
         timeout=180,
-        check=False,
+        ANSIBLE_LIBRARY=str(env["lib"]),
+        ANSIBLE_NOCOLOR="1",
     )
     return Run(proc)
 

@@ -10,18 +10,16 @@ which never touch this machine.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from ansible_run import ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
 ROOT = Path(PROJECT_DIR)
-BIN = ROOT / ".venv" / "bin"
 DEBIAN12 = {
     "ansible_distribution": "Debian",
     "ansible_distribution_version": "12.8",
@@ -64,21 +62,7 @@ def play(tmp_path: Path, role: str, facts: dict[str, Any], *extra: str) -> tuple
 
 
 def run(tmp_path: Path, *args: str) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_TIMEOUT": "3",
-    }
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), *args],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = ansible_playbook(*args, timeout=120, ANSIBLE_NOCOLOR="1", ANSIBLE_TIMEOUT="3")
     # the yaml callback folds long messages: compare with whitespace collapsed
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 

@@ -17,12 +17,11 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_run import FAKE_FACTS_MODULE, ansible_playbook
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, role_vars_files
 
 from multinode_vllm import PROJECT_DIR
 
 ROOT = Path(PROJECT_DIR)
-BIN = ROOT / ".venv" / "bin"
 OUR_ROLES = ["multinode", "ray_head", "ray_worker", "vllm_serve"]
 HEAD, WORKER = "10.0.1.11", "10.0.1.12"
 
@@ -53,14 +52,7 @@ RENDER_PLAYBOOK = """\
   hosts: all
   gather_facts: false
   vars_files:
-    - {root}/roles/multinode/defaults/main.yml
-    - {root}/roles/multinode/vars/main.yml
-    - {root}/roles/ray_head/defaults/main.yml
-    - {root}/roles/ray_head/vars/main.yml
-    - {root}/roles/ray_worker/defaults/main.yml
-    - {root}/roles/ray_worker/vars/main.yml
-    - {root}/roles/vllm_serve/defaults/main.yml
-    - {root}/roles/vllm_serve/vars/main.yml
+{vars_files}
   tasks:
     - name: Set the preflight facts
       fake_facts:
@@ -137,7 +129,11 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
         }
     }
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
-    (tmp_path / "pb.yml").write_text(RENDER_PLAYBOOK.format(root=ROOT, out=out))
+    (tmp_path / "pb.yml").write_text(
+        RENDER_PLAYBOOK.format(
+            root=ROOT, out=out, vars_files=role_vars_files("multinode", "ray_head", "ray_worker", "vllm_serve")
+        )
+    )
     (tmp_path / "extra.json").write_text(json.dumps(extra))
     proc = ansible_playbook(
         *("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml")),

@@ -13,20 +13,14 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_run import ansible_playbook
+from ansible_run import ansible_playbook, role_vars_files
 
-from multinode_vllm import PROJECT_DIR
-
-ROOT = Path(PROJECT_DIR)
 PLAYBOOK = """\
 - name: Decide
   hosts: all
   gather_facts: false
   vars_files:
-    - {root}/roles/multinode/defaults/main.yml
-    - {root}/roles/multinode/vars/main.yml
-    - {root}/roles/vllm_serve/defaults/main.yml
-    - {root}/roles/vllm_serve/vars/main.yml
+{vars_files}
   tasks:
     - name: Note the start times
       ansible.builtin.set_fact:
@@ -75,7 +69,7 @@ def decide(tmp_path: Path, node1: dict[str, Any], node2: dict[str, Any], **extra
     out = tmp_path / "out"
     out.mkdir()
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
-    (tmp_path / "pb.yml").write_text(PLAYBOOK.format(root=ROOT, out=out))
+    (tmp_path / "pb.yml").write_text(PLAYBOOK.format(out=out, vars_files=role_vars_files("multinode", "vllm_serve")))
     proc = ansible_playbook("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml"), "-e", json.dumps(extra))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {h: json.loads((out / f"{h}.json").read_text()) for h in ("node1", "node2")}

@@ -7,18 +7,16 @@ never dialled). Every failing case must stop and name the variable to change.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from ansible_run import ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
 ROOT = Path(PROJECT_DIR)
-BIN = ROOT / ".venv" / "bin"
 MODEL_405B = str(ROOT / "tests" / "fixtures" / "models" / "llama-3.1-405b")
 
 
@@ -45,16 +43,9 @@ def inventory(heads: list[str], workers: list[str], **cluster_vars: Any) -> dict
 def run_validate(tmp_path: Path, inv: dict[str, Any], *extra: str) -> tuple[int, str]:
     path = tmp_path / "hosts.yml"
     path.write_text(yaml.safe_dump(inv))
-    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    proc = subprocess.run(
-        # --tags validate: the controller play only (the node play would dial the TEST-NET addresses)
-        [str(BIN / "ansible-playbook"), "-i", str(path), "playbooks/validate.yml", "--tags", "validate", *extra],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+    # --tags validate: the controller play only (the node play would dial the TEST-NET addresses)
+    proc = ansible_playbook(
+        "-i", str(path), "playbooks/validate.yml", "--tags", "validate", *extra, timeout=120, ANSIBLE_NOCOLOR="1"
     )
     # the yaml callback folds long messages: compare with whitespace collapsed
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
