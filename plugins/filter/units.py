@@ -1,0 +1,70 @@
+# Copyright (c) multinode.vllm developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The serve phase's restart rule as a Jinja2 filter (plugins/module_utils/_units.py)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: stale_members
+short_description: The members that started after vLLM on the head
+description:
+  - vLLM does not survive a lost member. When a Ray node (ray backend) or a headless vLLM (mp
+    backend) started after the vLLM on the head, Ray looks whole and /health still answers 200,
+    but the engine's workers are gone: vLLM must restart.
+  - Takes host -> {unit -> start time (seconds since the epoch, 0 when not running)}, as the
+    C(started_at) of C(multinode.vllm.unit_state), and returns C("host unit") strings.
+  - The same plugin file also provides status.yml's rules, C(shm_status) (C(df) output of
+    /dev/shm against what Ray and vLLM need), C(node_status) (a node's processes and problems from
+    its C(unit_state) result) and C(cluster_status) (the group's status and its problems), and C(unit_files) (the unit
+    and environment files a unit reads at start, per runtime).
+author: multinode.vllm developers (@multinode)
+options:
+  _input:
+    description: Host name -> unit name -> start time.
+    type: dict
+    required: true
+  head:
+    description: The host where O(unit) runs.
+    type: str
+    required: true
+  unit:
+    description: The unit the others must not have started after.
+    type: str
+    default: vllm
+"""
+
+EXAMPLES = r"""
+- name: Show the members that restarted after vLLM
+  ansible.builtin.debug:
+    msg: "{{ {'n1': {'vllm': 100, 'ray-head': 50}, 'n2': {'ray-worker': 120}} | multinode.vllm.stale_members('n1') }}"
+"""
+
+RETURN = r"""
+_value:
+  description: C("host unit") for every unit that started after O(unit) on O(head); empty when it does not run.
+  type: list
+  elements: str
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.multinode.vllm.plugins.module_utils._units import cluster_status, node_status, parse_shm, unit_files
+from ansible_collections.multinode.vllm.plugins.module_utils._units import stale_members as _stale_members
+
+
+def stale_members(started, head, unit="vllm"):
+    if not isinstance(started, dict):
+        raise AnsibleFilterError("stale_members: give a dict of host -> {unit: start time}")
+    return _stale_members(dict(started), head, unit)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "stale_members": stale_members,
+            "shm_status": parse_shm,
+            "node_status": node_status,
+            "cluster_status": cluster_status,
+            "unit_files": unit_files,
+        }

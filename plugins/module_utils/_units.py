@@ -1,0 +1,251 @@
+# Copyright: multinode.vllm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Which managed unit (native: systemd) or container (docker) must restart, and why.
+
+Pure functions, one place for the rules that the cluster and serve phases and status.yml share:
+
+- a unit whose unit file or environment file changed after it started runs on old settings (a run
+  stopped between writing the file and its restart handler): it must restart;
+- vLLM does not survive a lost member: a Ray node (ray backend) or a headless vLLM (mp backend) that
+  started after vLLM leaves an engine whose workers are gone while /health still answers 200.
+
+Inputs are what ``systemctl show --timestamp=unix`` and ``docker inspect`` print; times are
+seconds since the epoch, 0 for "not running".
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import time
+from typing import Any
+
+SYSTEMD_PROPERTIES = ("Id", "LoadState", "FragmentPath", "ActiveState", "ActiveEnterTimestamp", "NeedDaemonReload", "NRestarts")
+
+_ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})$")
+
+
+def unit_files(name: str, runtime: str, config_dir: str) -> list[str]:
+    """The files a unit's process reads at start: its systemd unit (native) and its environment file
+    (native; docker: the secrets file mounted into the container)."""
+    files = ["/etc/systemd/system/%s.service" % name] if runtime == "native" else []
+    return files + ["%s/%s.env" % (config_dir.rstrip("/"), name)]
+
+
+def parse_systemctl_show(text: str) -> list[dict[str, str]]:
+    """``systemctl show -p A -p B unit1 unit2`` prints one block of ``KEY=value`` lines per unit,
+    blocks separated by an empty line, in the order the units were asked for."""
+    blocks: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if current:
+                blocks.append(current)
+                current = {}
+            continue
+        key, sep, value = line.partition("=")
+        if sep:
+            current[key] = value
+    if current:
+        blocks.append(current)
+    return blocks
+
+
+def systemd_state(props: dict[str, str]) -> dict[str, Any]:
+    """One unit's block -> {present, active, state, started_at, need_daemon_reload, restarts, fragment}.
+
+    ``present``: systemd knows a unit file (LoadState loaded; the caller also checks that
+    ``fragment``, the file, still exists: a deleted unit stays loaded until a daemon-reload);
+    ``started_at``: when it last became active, 0 when it does not run now.
+    """
+    active = props.get("ActiveState", "") == "active"
+    stamp = props.get("ActiveEnterTimestamp", "").strip().lstrip("@")
+    started = int(stamp) if active and stamp.isdigit() else 0
+    restarts = props.get("NRestarts", "0")
+    return {
+        "present": props.get("LoadState", "") == "loaded",
+        "active": active,
+        "state": props.get("ActiveState", "") or "unknown",
+        "started_at": started,
+        "need_daemon_reload": props.get("NeedDaemonReload", "no") == "yes",
+        "restarts": int(restarts) if restarts.isdigit() else 0,
+        "fragment": props.get("FragmentPath", ""),
+    }
+
+
+def iso_to_epoch(value: str) -> int:
+    """Docker's ``2026-11-30T07:20:00.123456789Z`` (or with an offset) -> whole seconds, 0 if unparsable."""
+    m = _ISO.match((value or "").strip())
+    if not m or m.group(1).startswith("0001-"):
+        return 0
+    t = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+    zone = m.group(2)
+    if zone != "Z":
+        sign = 1 if zone[0] == "+" else -1
+        t -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+    return t
+
+
+def parse_docker_inspect(text: str) -> dict[str, dict[str, Any]]:
+    """``docker inspect NAME...`` JSON (only the containers that exist) -> name -> state."""
+    try:
+        items = json.loads(text or "[]")
+    except ValueError:
+        return {}
+    found: dict[str, dict[str, Any]] = {}
+    for item in items if isinstance(items, list) else []:
+        name = str(item.get("Name", "")).lstrip("/")
+        st = item.get("State") or {}
+        running = bool(st.get("Running"))
+        found[name] = {
+            "present": True,
+            "active": running,
+            "state": st.get("Status", "") or "unknown",
+            "started_at": iso_to_epoch(st.get("StartedAt", "")) if running else 0,
+            "need_daemon_reload": False,
+            "restarts": int(item.get("RestartCount") or 0),
+        }
+    return found
+
+
+def absent_state() -> dict[str, Any]:
+    return {
+        "present": False,
+        "active": False,
+        "state": "absent",
+        "started_at": 0,
+        "need_daemon_reload": False,
+        "restarts": 0,
+    }
+
+
+def drift_reason(name: str, state: dict[str, Any], mtimes: dict[str, float]) -> str | None:
+    """Why the running ``name`` is on older settings than its files, or None.
+
+    A file changed after the unit started (whole seconds, as systemd reports them), or systemd
+    itself says the unit file changed since it was loaded.
+    """
+    if not state.get("active") or not state.get("started_at"):
+        return None
+    newer = sorted(path for path, mtime in mtimes.items() if int(mtime) > int(state["started_at"]))
+    if newer:
+        return "%s changed after %s started" % (", ".join(newer), name)
+    if state.get("need_daemon_reload"):
+        return "the %s unit file changed on disk since systemd loaded it" % name
+    return None
+
+
+def unit_report(
+    runtime: str, units: list[dict[str, Any]], states: dict[str, dict[str, Any]], mtimes: dict[str, float]
+) -> dict[str, Any]:
+    """What the unit_state module returns: every unit's state and files, and ``restart``:
+    {unit: reason} for the running units whose files changed after they started."""
+    out: dict[str, Any] = {}
+    restart: dict[str, str] = {}
+    for unit in units:
+        name = unit["name"]
+        st = dict(states.get(name) or absent_state())
+        files = {p: mtimes.get(p, 0.0) for p in unit.get("files") or []}
+        st["files_changed_at"] = int(max(files.values(), default=0))
+        reason = drift_reason(name, st, {p: m for p, m in files.items() if m})
+        st["drifted"] = reason is not None
+        if reason:
+            restart[name] = reason
+        out[name] = st
+    return {"runtime": runtime, "units": out, "restart": restart, "started_at": {n: s["started_at"] for n, s in out.items()}}
+
+
+def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vllm") -> list[str]:
+    """Members that started after ``unit`` on ``head`` ("host unit" strings, inventory order).
+
+    ``started``: host -> {unit: start time}; empty when ``unit`` does not run on the head.
+    """
+    ref = int((started.get(head) or {}).get(unit) or 0)
+    if ref <= 0:
+        return []
+    return [
+        "%s %s" % (host, name)
+        for host, units in started.items()
+        for name, t in (units or {}).items()
+        if int(t or 0) > ref and not (host == head and name == unit)
+    ]
+
+
+_STALE_WHY = {
+    "native": " unit changed on disk since it started (its unit or environment file; an interrupted run?): run the phase again",
+    "docker": " container: its secrets file changed since it started (an interrupted run?): run the phase again",
+}
+
+
+def parse_shm(df_stdout: str, need: int, error: str = "") -> dict[str, Any]:
+    """``df --block-size=1 --output=size,used,avail /dev/shm`` -> size, used, free, need, full."""
+    lines = (df_stdout or "").splitlines()
+    fields = lines[1].split() if len(lines) > 1 else []
+    if len(fields) != 3 or not all(f.isdigit() for f in fields):
+        return {"error": error or "df failed", "full": False}
+    size, used, free = (int(f) for f in fields)
+    return {"size": size, "used": used, "free": free, "need": int(need), "full": free < int(need)}
+
+
+def node_status(
+    host: str, runtime: str, report: dict[str, Any], expected: list[str], shm: dict[str, Any]
+) -> dict[str, Any]:
+    """One node of status.yml: what runs (unit -> state), and its problems in one sentence each.
+
+    ``report``: the unit_state result; ``expected``: the units that should run on this node.
+    """
+    units = report.get("units") or {}
+    processes = {name: u.get("state", "absent") for name, u in units.items()}
+    running = [n for n, st in processes.items() if st in ("active", "running")]
+    problems = ["%s: %s is %s" % (host, n, processes.get(n, "absent")) for n in expected if n not in running]
+    stale = [n for n in expected if (units.get(n) or {}).get("drifted") or (units.get(n) or {}).get("need_daemon_reload")]
+    problems += ["%s: the %s%s" % (host, n, _STALE_WHY.get(runtime, _STALE_WHY["native"])) for n in stale]
+    if shm.get("full"):
+        problems.append(
+            "%s: /dev/shm has %d MiB free of %d MiB, Ray and vLLM need %d MiB (Ray object store + 256 MiB for vLLM):"
+            " remove what fills it (du -sh /dev/shm/*) or enlarge it"
+            % (host, shm["free"] // 1048576, shm["size"] // 1048576, shm["need"] // 1048576)
+        )
+    return {"processes": processes, "shm": shm, "problems": problems}
+
+
+def cluster_status(
+    runtime: str,
+    backend: str,
+    hosts: list[str],
+    nodes: dict[str, dict[str, Any]],
+    ray: dict[str, Any],
+    health: dict[str, Any],
+    models: dict[str, Any],
+    endpoint: str,
+) -> dict[str, Any]:
+    """The group's status: every node (unreachable ones too), Ray's and vLLM's view, the problems.
+
+    ``nodes``: host -> that node's status (a host missing here did not answer); ``ray``, ``health``
+    and ``models``: the head's ray_cluster_info, /health and /v1/models results ({} when not asked).
+    """
+    all_nodes = {h: nodes.get(h) or {"reachable": False} for h in hosts}
+    problems = ["%s: unreachable" % h for h in hosts if not nodes.get(h)]
+    for h in hosts:
+        problems += list((nodes.get(h) or {}).get("problems") or [])
+    if backend == "ray" and not ray.get("ok"):
+        problems.append("Ray: %s" % (ray.get("msg") or "not queried"))
+    status = health.get("status", -1)
+    if status != 200:
+        problems.append("vLLM: /health answered %s" % status)
+    data = (models.get("json") or {}).get("data") or [] if isinstance(models.get("json"), dict) else []
+    return {
+        "runtime": runtime,
+        "backend": backend,
+        "healthy": not problems,
+        "problems": problems,
+        "nodes": all_nodes,
+        "ray": {
+            "msg": ray.get("msg", "n/a"),
+            "node_ips": ray.get("node_ips", []),
+            "gpus": ray.get("gpus", 0),
+            "dead_count": ray.get("dead_count", 0),
+        },
+        "vllm": {"endpoint": endpoint, "health": status, "models": [m.get("id") for m in data if isinstance(m, dict)]},
+    }

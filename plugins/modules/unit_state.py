@@ -1,0 +1,142 @@
+#!/usr/bin/python
+# Copyright: multinode.vllm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: unit_state
+short_description: Read every managed unit or container of a node in one call, and say which must restart
+version_added: "0.2.0"
+description:
+  - Reads the systemd units (native runtime; one C(systemctl show)) or the containers (docker
+    runtime; one C(docker inspect)) named in O(units), and the modification times of their files.
+  - Returns for each whether it exists and runs, when it last started, and whether a file changed
+    after that start (a run stopped between writing a unit or environment file and the restart
+    handler leaves the process on its old settings; the next run finds the files unchanged).
+  - R(restart) maps each unit that must restart to the reason. The rules are the pure functions of
+    C(plugins/module_utils/_units.py).
+  - Read-only; runs in check mode.
+options:
+  runtime:
+    description: How the processes run on this node.
+    type: str
+    choices: [native, docker]
+    required: true
+  units:
+    description: The units (native) or containers (docker) to read.
+    type: list
+    elements: dict
+    required: true
+    suboptions:
+      name:
+        description: Unit name without C(.service), or container name.
+        type: str
+        required: true
+      files:
+        description: Files whose change after the start means the process runs on old settings.
+        type: list
+        elements: path
+        default: []
+author: multinode.vllm developers (@multinode)
+"""
+
+EXAMPLES = r"""
+- name: Read the Ray and vLLM units of this node
+  multinode.vllm.unit_state:
+    runtime: native
+    units:
+      - name: ray-head
+        files: [/etc/systemd/system/ray-head.service, /etc/multinode-vllm/ray-head.env]
+      - name: vllm
+        files: [/etc/systemd/system/vllm.service, /etc/multinode-vllm/vllm.env]
+  register: node_units
+"""
+
+RETURN = r"""
+units:
+  description: >-
+    Unit name -> present (unit file known / container exists), active, state, started_at (seconds
+    since the epoch, 0 when not running), need_daemon_reload, restarts, files_changed_at, drifted.
+  type: dict
+  returned: always
+restart:
+  description: Unit name -> why it must restart (its files changed after it started).
+  type: dict
+  returned: always
+started_at:
+  description: Unit name -> started_at, the start times alone.
+  type: dict
+  returned: always
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.multinode.vllm.plugins.module_utils._units import (
+    SYSTEMD_PROPERTIES,
+    parse_docker_inspect,
+    parse_systemctl_show,
+    systemd_state,
+    unit_report,
+)
+
+
+def read_states(module, runtime, names):
+    if not names:
+        return {}
+    if runtime == "native":
+        argv = ["systemctl", "show", "--timestamp=unix"]
+        argv += ["--property=%s" % p for p in SYSTEMD_PROPERTIES]
+        argv += ["%s.service" % n for n in names]
+        rc, out, err = module.run_command(argv, check_rc=False)
+        if rc != 0:
+            module.fail_json(msg="systemctl show failed (rc=%s): %s" % (rc, err.strip()))
+        states = dict((n, systemd_state(b)) for n, b in zip(names, parse_systemctl_show(out)))
+        for st in states.values():
+            # A unit file deleted without a daemon-reload stays "loaded": the file decides.
+            st["present"] = st["present"] and bool(st["fragment"]) and os.path.exists(st["fragment"])
+        return states
+    # docker inspect prints the containers that exist and fails for the others: both are answers.
+    _rc, out, _err = module.run_command(["docker", "inspect"] + list(names), check_rc=False)
+    return parse_docker_inspect(out)
+
+
+def mtimes(paths):
+    found = {}
+    for path in paths:
+        try:
+            found[path] = os.stat(path).st_mtime
+        except OSError:
+            found[path] = 0.0
+    return found
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            runtime=dict(type="str", choices=["native", "docker"], required=True),
+            units=dict(
+                type="list",
+                elements="dict",
+                required=True,
+                options=dict(
+                    name=dict(type="str", required=True),
+                    files=dict(type="list", elements="path", default=[]),
+                ),
+            ),
+        ),
+        supports_check_mode=True,
+    )
+    units = module.params["units"]
+    names = [u["name"] for u in units]
+    states = read_states(module, module.params["runtime"], names)
+    files = mtimes([p for u in units for p in u["files"]])
+    module.exit_json(changed=False, **unit_report(module.params["runtime"], units, states, files))
+
+
+if __name__ == "__main__":
+    main()
