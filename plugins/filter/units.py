@@ -49,7 +49,12 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.multinode.vllm.plugins.module_utils._units import cluster_status, node_status, parse_shm, unit_files
+from ansible_collections.multinode.vllm.plugins.module_utils._units import (
+    cluster_status,
+    node_status,
+    parse_shm,
+    unit_files,
+)
 from ansible_collections.multinode.vllm.plugins.module_utils._units import stale_members as _stale_members
 
 

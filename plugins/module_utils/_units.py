@@ -21,7 +21,15 @@ import re
 import time
 from typing import Any
 
-SYSTEMD_PROPERTIES = ("Id", "LoadState", "FragmentPath", "ActiveState", "ActiveEnterTimestamp", "NeedDaemonReload", "NRestarts")
+SYSTEMD_PROPERTIES = (
+    "Id",
+    "LoadState",
+    "FragmentPath",
+    "ActiveState",
+    "ActiveEnterTimestamp",
+    "NeedDaemonReload",
+    "NRestarts",
+)
 
 _ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
@@ -153,7 +161,12 @@ def unit_report(
         if reason:
             restart[name] = reason
         out[name] = st
-    return {"runtime": runtime, "units": out, "restart": restart, "started_at": {n: s["started_at"] for n, s in out.items()}}
+    return {
+        "runtime": runtime,
+        "units": out,
+        "restart": restart,
+        "started_at": {n: s["started_at"] for n, s in out.items()},
+    }
 
 
 def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vllm") -> list[str]:
@@ -199,7 +212,9 @@ def node_status(
     processes = {name: u.get("state", "absent") for name, u in units.items()}
     running = [n for n, st in processes.items() if st in ("active", "running")]
     problems = ["%s: %s is %s" % (host, n, processes.get(n, "absent")) for n in expected if n not in running]
-    stale = [n for n in expected if (units.get(n) or {}).get("drifted") or (units.get(n) or {}).get("need_daemon_reload")]
+    stale = [
+        n for n in expected if (units.get(n) or {}).get("drifted") or (units.get(n) or {}).get("need_daemon_reload")
+    ]
     problems += ["%s: the %s%s" % (host, n, _STALE_WHY.get(runtime, _STALE_WHY["native"])) for n in stale]
     if shm.get("full"):
         problems.append(

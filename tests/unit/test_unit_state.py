@@ -1,0 +1,276 @@
+"""multinode.vllm.unit_state: one read of a node's units or containers says which must restart.
+
+The module's main() runs through ``patch_module_args`` with a fake ``systemctl`` / ``docker`` on
+PATH that print what each case gives, and real files whose times are set with os.utime. The rules
+(plugins/module_utils/_units.py) replace the Jinja of unit_drift.yml and vllm_serve's starts.yml:
+the cases below are theirs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ansible.module_utils.testing import patch_module_args
+
+from multinode_vllm import PROJECT_DIR
+
+sys.path.insert(0, str(Path(PROJECT_DIR) / "collections"))
+from ansible_collections.multinode.vllm.plugins.filter.units import FilterModule
+from ansible_collections.multinode.vllm.plugins.module_utils import _units
+from ansible_collections.multinode.vllm.plugins.modules import unit_state
+
+T0 = 1_796_022_000  # the unit started here
+
+
+def iso(t: int, frac: str = ".123456789") -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + frac + "Z"
+
+
+def fake_tools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, units: dict[str, tuple[str, int]], reload: bool = False
+) -> Path:
+    """units: name -> (ActiveState, started at or 0 for never). docker: `active` is a running
+    container, anything else a stopped one, 0 for never is no such container."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    show = {
+        f"{u}.service": (
+            f"Id={u}.service\nLoadState={'loaded' if t else 'not-found'}\nFragmentPath={tmp_path / u}.unit\n"
+            f"ActiveState={state}\nActiveEnterTimestamp={'@' + str(t) if t else ''}\n"
+            f"NeedDaemonReload={'yes' if reload else 'no'}\nNRestarts=0"
+        )
+        for u, (state, t) in units.items()
+    }
+    for u, (_, t) in units.items():
+        if t:
+            (tmp_path / f"{u}.unit").write_text("[Service]\n")
+    inspect = {
+        u: {
+            "Name": "/" + u,
+            "RestartCount": 1,
+            "State": {
+                "Running": state == "active",
+                "Status": "running" if state == "active" else "exited",
+                "StartedAt": iso(t),
+            },
+        }
+        for u, (state, t) in units.items()
+        if t
+    }
+    (bin_dir / "systemctl").write_text(
+        "#!/usr/bin/env python3\nimport sys\n"
+        f"SHOW = {show!r}\n"
+        "assert sys.argv[1:3] == ['show', '--timestamp=unix'], sys.argv\n"
+        "names = [a for a in sys.argv[3:] if not a.startswith('--')]\n"
+        "print('\\n\\n'.join(SHOW[n] for n in names))\n"
+    )
+    (bin_dir / "docker").write_text(
+        "#!/usr/bin/env python3\nimport json, sys\n"
+        f"INSPECT = {json.dumps(inspect)!r}\n"
+        "found = json.loads(INSPECT)\n"
+        "assert sys.argv[1] == 'inspect', sys.argv\n"
+        "print(json.dumps([found[n] for n in sys.argv[2:] if n in found]))\n"
+        "missing = [n for n in sys.argv[2:] if n not in found]\n"
+        "for n in missing:\n"
+        "    print('Error: No such object: ' + n, file=sys.stderr)\n"
+        "sys.exit(1 if missing else 0)\n"
+    )
+    for tool in ("systemctl", "docker"):
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return bin_dir
+
+
+def files(tmp_path: Path, unit: str, mtimes: list[int]) -> list[str]:
+    paths = []
+    for i, m in enumerate(mtimes):
+        f = tmp_path / f"{unit}.{i}"
+        f.write_text("x")
+        os.utime(f, (m, m))
+        paths.append(str(f))
+    return paths
+
+
+def run_main(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    with patch_module_args(args), pytest.raises(SystemExit):
+        unit_state.main()
+    return json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize(
+    ("state", "started", "mtimes", "expected"),
+    [
+        # the unit was rewritten after it started and the restart handler never ran
+        ("active", T0, [T0 - 600, T0 + 30], True),
+        ("active", T0, [T0 + 30, T0 - 600], True),
+        # the usual order: files written, then the unit (re)started
+        ("active", T0, [T0 - 600, T0 - 1], False),
+        # written in the same second as the start: not later
+        ("active", T0, [T0, T0], False),
+        # not running: starting it reads the new files, nothing to restart
+        ("failed", T0, [T0 + 30, T0 + 30], False),
+        ("inactive", 0, [T0 + 30, T0 + 30], False),
+    ],
+)
+@pytest.mark.parametrize("runtime", ["native", "docker"])
+def test_drift(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    runtime: str,
+    state: str,
+    started: int,
+    mtimes: list[int],
+    expected: bool,
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"ray-head": (state, started)})
+    out = run_main(
+        {"runtime": runtime, "units": [{"name": "ray-head", "files": files(tmp_path, "ray-head", mtimes)}]}, capsys
+    )
+    assert out["changed"] is False
+    assert out["units"]["ray-head"]["drifted"] is expected
+    assert ("ray-head" in out["restart"]) is expected
+    if expected:
+        assert "changed after ray-head started" in out["restart"]["ray-head"]
+    assert out["started_at"]["ray-head"] == (T0 if state == "active" and started else 0)
+
+
+def test_each_unit_keeps_its_own_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ray-head and vllm run on the same head, read in one call: one's answer must not leak into the other's."""
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("active", T0 + 60)})
+    out = run_main(
+        {
+            "runtime": "native",
+            "units": [
+                {"name": "ray-head", "files": files(tmp_path, "ray-head", [T0 + 30])},
+                {"name": "vllm", "files": files(tmp_path, "vllm", [T0 + 30])},
+            ],
+        },
+        capsys,
+    )
+    assert out["restart"].keys() == {"ray-head"}
+    assert out["started_at"] == {"ray-head": T0, "vllm": T0 + 60}
+
+
+def test_missing_units_and_containers_are_absent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("inactive", 0)})
+    for runtime in ("native", "docker"):
+        out = run_main({"runtime": runtime, "units": [{"name": "ray-head"}, {"name": "vllm"}]}, capsys)
+        assert out["units"]["ray-head"]["present"] is True
+        assert out["units"]["vllm"]["present"] is False
+        assert out["units"]["vllm"]["active"] is False
+
+
+def test_deleted_unit_file_is_not_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """systemd keeps a deleted unit loaded until a daemon-reload: the file decides."""
+    fake_tools(tmp_path, monkeypatch, {"vllm": ("inactive", T0)})
+    (tmp_path / "vllm.unit").unlink()
+    out = run_main({"runtime": "native", "units": [{"name": "vllm"}]}, capsys)
+    assert out["units"]["vllm"]["present"] is False
+
+
+def test_need_daemon_reload_is_a_reason(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"vllm": ("active", T0)}, reload=True)
+    out = run_main(
+        {"runtime": "native", "units": [{"name": "vllm", "files": files(tmp_path, "vllm", [T0 - 5])}]}, capsys
+    )
+    assert out["units"]["vllm"]["need_daemon_reload"] is True
+    assert "changed on disk since systemd loaded it" in out["restart"]["vllm"]
+
+
+@pytest.mark.parametrize(
+    ("value", "epoch"),
+    [
+        ("2026-11-30T07:00:00.5Z", 1796022000),
+        ("2026-11-30T07:01:00.123456789Z", 1796022060),
+        ("2026-11-30T08:01:00+01:00", 1796022060),
+        ("0001-01-01T00:00:00Z", 0),
+        ("", 0),
+        ("garbage", 0),
+    ],
+)
+def test_docker_start_times(value: str, epoch: int) -> None:
+    assert _units.iso_to_epoch(value) == epoch
+
+
+# vLLM does not survive a lost member (was vllm_serve's starts.yml + vars Jinja).
+@pytest.mark.parametrize(
+    ("started", "stale"),
+    [
+        # systemd restarted the worker's Ray after vLLM started: the trap
+        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": T0 + 30}}, ["node2 ray-worker"]),
+        # the usual order: Ray, then vLLM
+        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": T0 - 20}}, []),
+        # the head's Ray restarted after vLLM (node1 rebooted and Ray came back first)
+        ({"node1": {"ray-head": T0 + 5, "vllm": T0}, "node2": {"ray-worker": T0 - 20}}, ["node1 ray-head"]),
+        # the worker's Ray is down (0): not stale here (the cluster phase restarts the group in order)
+        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": 0}}, []),
+        # vLLM not running: nothing to compare with (the health probe restarts it)
+        ({"node1": {"ray-head": T0 - 60, "vllm": 0}, "node2": {"ray-worker": T0 + 30}}, []),
+        # mp backend: a headless vLLM restarted after the head's
+        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 3}}, ["node2 vllm"]),
+        ({"node1": {"vllm": T0}, "node2": {"vllm": T0}}, []),
+        # a node that did not answer has no start times
+        ({"node1": {"vllm": T0}, "node2": {}}, []),
+    ],
+)
+def test_stale_members(started: dict[str, dict[str, int]], stale: list[str]) -> None:
+    assert FilterModule().filters()["stale_members"](started, "node1") == stale
+
+
+def test_node_status_problems() -> None:
+    report = {
+        "units": {
+            "ray-head": {"state": "active", "drifted": True, "need_daemon_reload": False},
+            "ray-worker": {"state": "inactive"},
+            "vllm": {"state": "failed"},
+        }
+    }
+    shm = _units.parse_shm("Size Used Avail\n1073741824 1000000000 73741824\n", 536870912)
+    st = _units.node_status("node1", "native", report, ["ray-head", "vllm"], shm)
+    assert st["processes"] == {"ray-head": "active", "ray-worker": "inactive", "vllm": "failed"}
+    assert st["problems"][0] == "node1: vllm is failed"
+    assert st["problems"][1].startswith("node1: the ray-head unit changed on disk since it started")
+    assert st["problems"][2].startswith("node1: /dev/shm has 70 MiB free of 1024 MiB, Ray and vLLM need 512 MiB")
+    assert _units.parse_shm("", 1, "df: no") == {"error": "df: no", "full": False}
+
+
+def test_cluster_status() -> None:
+    nodes = {"node1": {"reachable": True, "problems": []}}
+    st = _units.cluster_status(
+        "native",
+        "ray",
+        ["node1", "node2"],
+        nodes,
+        {"ok": False, "msg": "Ray sees 1 of 2 nodes"},
+        {"status": 200},
+        {"json": {"data": [{"id": "tiny"}]}},
+        "http://h:8000/v1",
+    )
+    assert st["healthy"] is False
+    assert st["problems"] == ["node2: unreachable", "Ray: Ray sees 1 of 2 nodes"]
+    assert st["nodes"]["node2"] == {"reachable": False}
+    assert st["vllm"]["models"] == ["tiny"]
+    ok = _units.cluster_status("docker", "mp", ["node1"], nodes, {}, {"status": 200}, {}, "e")
+    assert ok["healthy"] is True and ok["problems"] == []
+    down = _units.cluster_status("docker", "mp", ["node1"], nodes, {}, {}, {}, "e")
+    assert down["problems"] == ["vLLM: /health answered -1"]
+
+
+def test_unit_files() -> None:
+    assert _units.unit_files("vllm", "native", "/etc/m/") == ["/etc/systemd/system/vllm.service", "/etc/m/vllm.env"]
+    assert _units.unit_files("vllm", "docker", "/etc/m") == ["/etc/m/vllm.env"]
