@@ -464,7 +464,7 @@ def test_fault_5_play_interrupted_mid_phase(story: FaultStory, ansible_env: dict
         story, rec, t0, lambda rc, s: problems_match(s, rf"^node{cut.node}: the {cut.unit} unit changed on disk")
     )
     rerun = converged(story, rec)
-    # the rerun restarts the unit because it changed after it started (roles/multinode/tasks/unit_drift.yml)
+    # the rerun restarts the unit because it changed after it started (multinode.vllm.unit_state)
     assert ran_changed(cut.recovery, cut.node, rerun.stdout), rerun.stdout[-3000:]
     pid = story.node_sh(cut.node, f"systemctl show -p MainPID --value {cut.unit}").stdout.strip()
     cmdline = story.node_sh(cut.node, f"tr '\\0' ' ' < /proc/{pid}/cmdline").stdout

@@ -1,0 +1,243 @@
+#!/usr/bin/python
+# Copyright: multinode.vllm contributors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: service_unit
+short_description: Converge a systemd unit and its environment file in one call, restarting it only when needed
+version_added: "0.2.0"
+description:
+  - Writes the unit file and the environment file of one systemd service when their content, mode
+    or owner differ, reloads systemd when the unit file changed, enables the unit, and then starts
+    it (not running), restarts it (a file changed now, a file changed after it last started, or
+    O(restart)), or leaves it alone.
+  - One round trip where a template per file, a drift probe, a handler and a start task took
+    five; the process state and the files are read and written in the same call, so a unit is
+    written and started once on a first run, never started, changed and restarted.
+  - A file that changed after the running process started (a run stopped between writing a file
+    and restarting) restarts it too; the rule is C(drift_reason) in C(plugins/module_utils/_units.py).
+  - Supports check mode (reports what it would write and do) and diff mode (the unit file; the
+    environment file, which may hold secrets, only as a size).
+options:
+  name:
+    description: The unit name without C(.service).
+    type: str
+    required: true
+  unit:
+    description: Content of C(/etc/systemd/system/NAME.service).
+    type: str
+    required: true
+  env:
+    description: Content of the environment file (mode 0600). May hold secrets; never logged or diffed.
+    type: str
+    required: true
+  env_path:
+    description: Where the environment file goes.
+    type: path
+    required: true
+  restart:
+    description: Restart the unit even when nothing changed (a member it depends on restarted).
+    type: bool
+    default: false
+  restart_reason:
+    description: Why O(restart) is set, for the result's C(reasons).
+    type: str
+    default: asked to restart
+author: multinode.vllm developers (@multinode)
+"""
+
+EXAMPLES = r"""
+- name: Run the Ray head unit
+  multinode.vllm.service_unit:
+    name: ray-head
+    unit: "{{ lookup('ansible.builtin.template', 'ray-head.service.j2') }}"
+    env: "{{ lookup('ansible.builtin.template', 'ray.env.j2') }}"
+    env_path: /etc/multinode-vllm/ray-head.env
+  register: ray_head_service
+"""
+
+RETURN = r"""
+action:
+  description: What happened to the process, C(started), C(restarted) or C(none).
+  type: str
+  returned: always
+restarted:
+  description: A new process runs since this call (C(started) or C(restarted)).
+  type: bool
+  returned: always
+reasons:
+  description: Why it was started or restarted.
+  type: list
+  elements: str
+  returned: always
+files_changed:
+  description: The files written (or that would be in check mode).
+  type: list
+  elements: str
+  returned: always
+"""
+
+import os
+import tempfile
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.multinode.vllm.plugins.module_utils._units import (
+    SYSTEMD_PROPERTIES,
+    drift_reason,
+    parse_systemctl_show,
+    systemd_state,
+)
+
+
+def read(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except (IOError, OSError):
+        return None
+
+
+def mtime(path):
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0
+
+
+def systemctl(module, *args):
+    rc, out, err = module.run_command(["systemctl"] + list(args), check_rc=False)
+    return rc, out, err
+
+
+def unit_state(module, name):
+    argv = ["show", "--timestamp=unix"] + ["--property=%s" % p for p in SYSTEMD_PROPERTIES]
+    rc, out, err = systemctl(module, *(argv + ["%s.service" % name]))
+    if rc != 0:
+        module.fail_json(msg="systemctl show %s failed (rc=%s): %s" % (name, rc, err.strip()))
+    blocks = parse_systemctl_show(out)
+    return systemd_state(blocks[0] if blocks else {})
+
+
+def write(module, path, content, mode):
+    """Write content atomically with root:root and mode; True when the file changed."""
+    data = content if content.endswith("\n") else content + "\n"
+    data = data.encode("utf-8")
+    changed = read(path) != data
+    if changed and not module.check_mode:
+        directory = os.path.dirname(path)
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o755)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s." % os.path.basename(path))
+        try:
+            os.fchmod(fd, mode)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        module.atomic_move(tmp, path)
+    if os.path.exists(path):
+        st = os.stat(path)
+        if (st.st_mode & 0o7777) != mode or st.st_uid != 0 or st.st_gid != 0:
+            changed = True
+            if not module.check_mode:
+                os.chown(path, 0, 0)
+                os.chmod(path, mode)
+    return changed
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            name=dict(type="str", required=True),
+            unit=dict(type="str", required=True),
+            env=dict(type="str", required=True, no_log=True),
+            env_path=dict(type="path", required=True),
+            restart=dict(type="bool", default=False),
+            restart_reason=dict(type="str", default="asked to restart"),
+        ),
+        supports_check_mode=True,
+    )
+    p = module.params
+    name = p["name"]
+    unit_path = "/etc/systemd/system/%s.service" % name
+    before = unit_state(module, name)
+    # Drift is judged on the files as they were before this call (a file written now restarts anyway).
+    drift = drift_reason(name, before, dict((f, mtime(f)) for f in (unit_path, p["env_path"])))
+
+    old_unit = read(unit_path)
+    old_env = read(p["env_path"])
+    unit_changed = write(module, unit_path, p["unit"], 0o644)
+    env_changed = write(module, p["env_path"], p["env"], 0o600)
+    files_changed = [f for f, c in ((unit_path, unit_changed), (p["env_path"], env_changed)) if c]
+
+    changed = bool(files_changed)
+    if (unit_changed or before["need_daemon_reload"]) and not module.check_mode:
+        rc, _out, err = systemctl(module, "daemon-reload")
+        if rc != 0:
+            module.fail_json(msg="systemctl daemon-reload failed: %s" % err.strip())
+
+    rc, out, _err = systemctl(module, "is-enabled", "%s.service" % name)
+    if out.strip() != "enabled":
+        changed = True
+        if not module.check_mode:
+            rc, _out, err = systemctl(module, "enable", "%s.service" % name)
+            if rc != 0:
+                module.fail_json(msg="systemctl enable %s failed: %s" % (name, err.strip()))
+
+    reasons = []
+    if not before["active"]:
+        action = "started"
+        reasons.append("%s was %s" % (name, before["state"]))
+    else:
+        if files_changed:
+            reasons.append("%s changed" % ", ".join(files_changed))
+        if drift:
+            reasons.append(drift + " (a run interrupted before its restart?)")
+        if p["restart"]:
+            reasons.append(p["restart_reason"])
+        action = "restarted" if reasons else "none"
+    if action != "none":
+        changed = True
+        if not module.check_mode:
+            verb = "start" if action == "started" else "restart"
+            rc, _out, err = systemctl(module, verb, "%s.service" % name)
+            if rc != 0:
+                module.fail_json(
+                    msg="systemctl %s %s failed: %s; look at `journalctl -u %s`" % (verb, name, err.strip(), name),
+                    action=action,
+                    reasons=reasons,
+                    files_changed=files_changed,
+                )
+
+    result = dict(
+        changed=changed,
+        action=action,
+        restarted=action != "none",
+        reasons=reasons,
+        files_changed=files_changed,
+    )
+    if module._diff:
+        env_new = p["env"] if p["env"].endswith("\n") else p["env"] + "\n"
+        result["diff"] = [
+            dict(
+                before_header=unit_path,
+                after_header=unit_path,
+                before=(old_unit or b"").decode("utf-8", "replace"),
+                after=p["unit"] if p["unit"].endswith("\n") else p["unit"] + "\n",
+            ),
+            dict(
+                before_header=p["env_path"],
+                after_header=p["env_path"],
+                before="(%d bytes, mode 0600: not shown)\n" % len(old_env or b""),
+                after="(%d bytes, mode 0600: not shown)\n" % len(env_new.encode("utf-8")),
+            ),
+        ]
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
