@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterable, Mapping
+from numbers import Number
 from typing import Any
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -167,6 +169,50 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
             return None
         return "a quoted string in the vault (a YAML number or list is not a key)"
     raise ValueError(f"unknown rule kind {kind!r}")
+
+
+def secret_shape(value: Any) -> dict[str, Any]:
+    """What the checks may know of a secret: its type and whether it is empty, never its value."""
+    if value is None:
+        kind = "null"
+    elif isinstance(value, bool):
+        kind = "boolean"
+    elif isinstance(value, str):
+        kind = "string"
+    elif isinstance(value, Number):
+        kind = "number"
+    elif isinstance(value, Mapping):
+        kind = "mapping"
+    elif isinstance(value, Iterable):
+        kind = "list"
+    else:
+        kind = "other"
+    return {"secret_type": kind, "empty": value is None or value == ""}
+
+
+def host_values(
+    hosts: Mapping[str, Mapping[str, Any]], rules: Mapping[str, Mapping[str, Any]], defaults: Mapping[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """host -> variable -> the value the checks see: the host's own, else the product default.
+
+    ``hosts`` holds what each host defines (host -> variable -> value). A variable the host leaves
+    unset is checked at ``defaults`` unless its rule is ``optional`` (a default that needs facts);
+    absent from both, it is not checked. Secrets become ``secret_shape`` so that their value goes
+    nowhere.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for host, own in hosts.items():
+        row: dict[str, Any] = {}
+        for var, rule in rules.items():
+            if var in own:
+                value = own[var]
+            elif var in defaults and not rule.get("optional", False):
+                value = defaults[var]
+            else:
+                continue
+            row[var] = secret_shape(value) if rule.get("kind") == "secret" else value
+        out[str(host)] = row
+    return out
 
 
 def invalid_vars(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:

@@ -304,3 +304,41 @@ def apply_copy(src: str, dest: str, actions: list[dict[str, str]]) -> int:
             raise ModelFileError(f"{d} is a directory where the source has a file: remove it")
         os.replace(tmp, d)
     return copied
+
+
+def cache_fix(
+    *,
+    hub: bool,
+    local: bool,
+    is_head: bool,
+    head_complete: bool,
+    model: str,
+    hf_home: str,
+    download_home: str,
+    repo_folder: str,
+    copy_here: bool,
+    copy_src: str,
+) -> str:
+    """What to do when the model vLLM would read on a node is incomplete (the model_cache role's fix).
+
+    In order: shared storage that is not shared (the head sees the model complete, this node does
+    not), a hub download (delete the broken files, download again), a copy this node makes (repair
+    the source), else the files at multinode_model are the user's own.
+    """
+    if not local and not is_head and head_complete:
+        where = hf_home if hub else model
+        return (
+            f"the head sees the model complete and this node does not: {where} is not the same shared storage "
+            "here; mount it at the same path on every node, or set model_cache_storage=local."
+        )
+    if hub:
+        return (
+            f"delete the files named above from the cache (and their blobs under {download_home}/hub/{repo_folder}"
+            "/blobs), then rerun the model phase: the download fetches what is missing."
+        )
+    if copy_here:
+        return f"repair the source {copy_src}, then rerun: the copy replaces what differs."
+    return (
+        f"put a complete copy of the model at multinode_model={model} (or set model_cache_source_path to a "
+        "complete copy to copy from), then rerun."
+    )

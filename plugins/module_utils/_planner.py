@@ -24,6 +24,14 @@ this equals the pooled free memory divided by the model's KV bytes per token,
 
 It fits when every GPU has room left for KV cache and that room holds at least one sequence of
 max_model_len tokens.
+
+The cluster's shape (``check_parallel``, one rule for the validate role, the vllm_serve role and
+this planner): TP x PP may never need more GPUs than the cluster has. With the ray backend it may
+use fewer (the GPUs left over stay idle in the Ray cluster, spare); with the mp backend it must use
+every GPU, because vLLM starts on every node (``--nnodes``) and splits the TP x PP ranks evenly over
+the nodes (``local_world_size = world_size // nnodes`` in vLLM's ParallelConfig). Where TP or PP is
+not given the planner chooses (``parallel_candidates``): TP = GPUs per node and PP = nodes, never
+more stages than the model has layers, and a shape that fits before one that does not.
 """
 
 from __future__ import annotations
@@ -339,6 +347,140 @@ def stage_layers(num_layers: int, pp: int) -> list[int]:
     return parts
 
 
+#: The names the shape rule's messages give: the inventory's variables (validate and vllm_serve
+#: roles). The planner's own callers (the CLI) pass PLANNER_NAMES.
+PARALLEL_NAMES = {
+    "tp": "vllm_serve_tensor_parallel_size",
+    "pp": "vllm_serve_pipeline_parallel_size",
+    "backend": "multinode_backend",
+    "gpus": "validate_gpus_per_node (multinode_ray_num_gpus when the inventory sets it)",
+}
+PLANNER_NAMES = {
+    "tp": "tensor_parallel_size",
+    "pp": "pipeline_parallel_size",
+    "backend": "backend",
+    "gpus": "gpus_per_node",
+}
+BACKENDS = ("ray", "mp")
+
+
+def check_parallel(
+    tp: int, pp: int, nodes: int, gpus_per_node: int, backend: str = "ray", names: dict[str, str] | None = None
+) -> str | None:
+    """What is wrong with running TP x PP on ``nodes`` x ``gpus_per_node`` GPUs, or None.
+
+    More GPUs than the cluster has: refused for both backends. Fewer: fine with ``ray`` (see
+    ``idle_gpus``), refused with ``mp`` (vLLM runs on every node and must use every GPU).
+    """
+    n = {**PARALLEL_NAMES, **(names or {})}
+    gpus = nodes * gpus_per_node
+    need = tp * pp
+    shape = (
+        f"{n['tp']}={tp} x {n['pp']}={pp} = {need} GPUs, but the cluster has {nodes} nodes x {gpus_per_node} GPUs "
+        f"= {gpus}"
+    )
+    usual = f"usually TP = GPUs per node ({gpus_per_node}) and PP = nodes ({nodes})"
+    if need > gpus:
+        return f"{shape}. Fix: make the product {gpus}, {usual}; or correct {n['gpus']}."
+    if need < gpus and backend == "mp":
+        return (
+            f"{shape}, and with {n['backend']}=mp vLLM runs on every node (--nnodes {nodes}) and must use every "
+            f"GPU. Fix: make the product {gpus}, {usual}; or set {n['backend']}=ray, where the {gpus - need} GPUs "
+            f"left over stay idle as spare Ray capacity; or correct {n['gpus']}."
+        )
+    return None
+
+
+def idle_gpus(
+    tp: int, pp: int, nodes: int, gpus_per_node: int, backend: str = "ray", names: dict[str, str] | None = None
+) -> str | None:
+    """A note when TP x PP leaves GPUs of the cluster idle (ray backend), else None."""
+    n = {**PARALLEL_NAMES, **(names or {})}
+    gpus = nodes * gpus_per_node
+    need = tp * pp
+    if need >= gpus or backend == "mp":
+        return None
+    return (
+        f"{n['tp']}={tp} x {n['pp']}={pp} uses {need} of the {gpus} GPUs of the cluster ({nodes} nodes x "
+        f"{gpus_per_node}): {gpus - need} GPUs stay idle, spare capacity in the Ray cluster ({n['backend']}=ray)"
+    )
+
+
+def default_parallel(
+    nodes: int, gpus_per_node: int, backend: str = "ray", tp: int | None = None, pp: int | None = None
+) -> tuple[int, int]:
+    """TP and PP where the caller leaves them unset (None), knowing nothing of the model.
+
+    Both unset: TP = GPUs per node, PP = nodes. TP alone: the stages the GPUs make (at least 1).
+    PP alone: TP = GPUs per node, or with mp the TP that uses every GPU.
+    """
+    gpus = nodes * gpus_per_node
+    if tp is None:
+        full = pp is not None and backend == "mp" and gpus % pp == 0
+        return (gpus // pp if full and pp else gpus_per_node), (nodes if pp is None else pp)
+    if pp is None:
+        return tp, max(1, gpus // tp)
+    return tp, pp
+
+
+def parallel_shape(
+    tp: int | None,
+    pp: int | None,
+    nodes: int,
+    gpus_per_node: int,
+    backend: str = "ray",
+    names: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The shape TP x PP takes on the cluster (unset ones as ``default_parallel`` chooses), and its verdict.
+
+    ``problem``: ``check_parallel``'s text, "" when the shape is fine; ``note``: ``idle_gpus``, "" when
+    every GPU is used.
+    """
+    tp, pp = default_parallel(nodes, gpus_per_node, backend, tp, pp)
+    return {
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": pp,
+        "gpus": nodes * gpus_per_node,
+        "gpus_used": tp * pp,
+        "problem": check_parallel(tp, pp, nodes, gpus_per_node, backend, names) or "",
+        "note": idle_gpus(tp, pp, nodes, gpus_per_node, backend, names) or "",
+    }
+
+
+def _tp_fits_heads(tp: int, shape: dict[str, Any]) -> bool:
+    heads, kv_heads = shape["num_attention_heads"], shape["num_key_value_heads"]
+    return heads % tp == 0 and (shape["mla"] or kv_heads % tp == 0 or tp % kv_heads == 0)
+
+
+def parallel_candidates(
+    shape: dict[str, Any],
+    nodes: int,
+    gpus_per_node: int,
+    backend: str = "ray",
+    tp: int | None = None,
+    pp: int | None = None,
+) -> list[tuple[int, int]]:
+    """The (TP, PP) shapes to try, best first: the first is the usual one (its errors are the plan's).
+
+    What the caller gives stays. The usual shape (``default_parallel``) never has more stages than
+    the model has layers (ray: PP capped at num_hidden_layers). When both are unset, the shapes that
+    use every GPU with at most one stage per layer follow (TP across nodes, most stages first), so
+    that the planner can prefer one that fits; with mp they are the only ones allowed.
+    """
+    layers = shape["num_hidden_layers"]
+    gpus = nodes * gpus_per_node
+    first_tp, first_pp = default_parallel(nodes, gpus_per_node, backend, tp, pp)
+    if pp is None and backend != "mp":
+        first_pp = max(1, min(first_pp, layers))
+    candidates = [(first_tp, first_pp)]
+    if tp is None and pp is None:
+        for stages in range(min(layers, gpus), 0, -1):
+            pair = (gpus // stages, stages)
+            if gpus % stages == 0 and _tp_fits_heads(pair[0], shape) and pair not in candidates:
+                candidates.append(pair)
+    return candidates
+
+
 def _divisors(n: int) -> str:
     return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
@@ -360,8 +502,15 @@ def plan(
     pipeline_parallel_size: int | None = None,
     kv_cache_dtype: str = "auto",
     overhead_bytes_per_gpu: int = DEFAULT_OVERHEAD_BYTES_PER_GPU,
+    backend: str = "ray",
+    names: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Plan a deployment; raise PlanError for invalid input, return `fits` False when it does not fit."""
+    """Plan a deployment; raise PlanError for invalid input, return `fits` False when it does not fit.
+
+    ``backend`` (ray or mp) decides whether TP x PP may leave GPUs idle (``check_parallel``); where
+    TP or PP is None the planner chooses (``parallel_candidates``), preferring a shape that fits.
+    ``names``: what the shape's messages call TP, PP, the backend and the GPUs (PLANNER_NAMES).
+    """
     config = text_config(config)
     nodes = _positive_int(nodes, "nodes")
     gpus_per_node = _positive_int(gpus_per_node, "gpus_per_node")
@@ -384,15 +533,74 @@ def plan(
     kv_dtype = (
         weight_dtype if str(kv_cache_dtype).lower() == "auto" else dtype_name(kv_cache_dtype, None, "kv_cache_dtype")
     )
+
+    if backend not in BACKENDS:
+        raise PlanError("backend", f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    tp_given = None if tensor_parallel_size is None else _positive_int(tensor_parallel_size, "tensor_parallel_size")
+    pp_given = (
+        None if pipeline_parallel_size is None else _positive_int(pipeline_parallel_size, "pipeline_parallel_size")
+    )
+    # The shape the caller left open: the first candidate that fits, else the first that plans at all.
+    blamed = "pipeline_parallel_size" if tp_given is None and pp_given is not None else "tensor_parallel_size"
+    planned: list[dict[str, Any]] = []
+    first_error: PlanError | None = None
+    for tp, pp in parallel_candidates(shape, nodes, gpus_per_node, backend, tp_given, pp_given):
+        try:
+            result = _plan_shape(
+                config,
+                shape,
+                tp=tp,
+                pp=pp,
+                nodes=nodes,
+                gpus_per_node=gpus_per_node,
+                backend=backend,
+                blamed=blamed,
+                gpu_memory_bytes=gpu_memory_bytes,
+                utilization=utilization,
+                max_model_len=max_model_len,
+                weight_dtype=weight_dtype,
+                kv_dtype=kv_dtype,
+                overhead_bytes_per_gpu=overhead_bytes_per_gpu,
+                names=names or PLANNER_NAMES,
+            )
+        except PlanError as exc:
+            first_error = first_error or exc
+            continue
+        if result["fits"]:
+            return result
+        planned.append(result)
+    if planned:
+        return planned[0]
+    if first_error is None:  # parallel_candidates always yields one shape
+        raise PlanError("model", "no tensor x pipeline parallel shape to plan")
+    raise first_error
+
+
+def _plan_shape(
+    config: dict[str, Any],
+    shape: dict[str, Any],
+    *,
+    tp: int,
+    pp: int,
+    nodes: int,
+    gpus_per_node: int,
+    backend: str,
+    blamed: str,
+    gpu_memory_bytes: int,
+    utilization: float,
+    max_model_len: int | None,
+    weight_dtype: str,
+    kv_dtype: str,
+    overhead_bytes_per_gpu: int,
+    names: dict[str, str],
+) -> dict[str, Any]:
+    """The plan of one TP x PP shape (plan's inputs already checked)."""
     dense_bytes = DTYPE_BYTES[weight_dtype]
     kv_elem = DTYPE_BYTES[kv_dtype]
     quant = quantized_weight_bytes(config)
     linear_bytes = min(quant[1], dense_bytes) if quant else dense_bytes
-
     heads, kv_heads, layers = shape["num_attention_heads"], shape["num_key_value_heads"], shape["num_hidden_layers"]
     gpus = nodes * gpus_per_node
-    tp = gpus_per_node if tensor_parallel_size is None else _positive_int(tensor_parallel_size, "tensor_parallel_size")
-    pp = nodes if pipeline_parallel_size is None else _positive_int(pipeline_parallel_size, "pipeline_parallel_size")
     if heads % tp:
         raise PlanError(
             "tensor_parallel_size",
@@ -404,18 +612,9 @@ def plan(
             f"{tp} neither divides nor is a multiple of num_key_value_heads={kv_heads}: "
             f"use a divisor of {kv_heads} or a multiple of it that divides {heads}",
         )
-    if tp * pp != gpus:
-        blamed = (
-            "pipeline_parallel_size"
-            if tensor_parallel_size is None and pipeline_parallel_size is not None
-            else "tensor_parallel_size"
-        )
-        raise PlanError(
-            blamed,
-            f"tensor_parallel_size × pipeline_parallel_size = {tp} × {pp} = {tp * pp}, but the cluster has "
-            f"{nodes} nodes × {gpus_per_node} GPUs = {gpus}: make the product {gpus} "
-            f"(usually TP = GPUs per node = {gpus_per_node}, PP = nodes = {nodes})",
-        )
+    problem = check_parallel(tp, pp, nodes, gpus_per_node, backend, names)
+    if problem:
+        raise PlanError(blamed, problem)
     if pp > layers:
         raise PlanError("pipeline_parallel_size", f"{pp} stages for {layers} layers: use at most {layers}")
     limit = max_context(config)
@@ -511,6 +710,9 @@ def plan(
             f"{kv_cache_tokens / seq_len:.1f} sequences of {seq_len:,}"
         )
     notes = []
+    idle = idle_gpus(tp, pp, nodes, gpus_per_node, backend, names)
+    if idle:
+        notes.append(idle)
     qc = config.get("quantization_config")
     if isinstance(qc, dict) and quant is None:
         notes.append(
@@ -520,6 +722,8 @@ def plan(
         "tensor_parallel_size": tp,
         "pipeline_parallel_size": pp,
         "gpus": gpus,
+        "gpus_used": tp * pp,
+        "backend": backend,
         "dtype": weight_dtype,
         "quantization": quant[0] if quant else None,
         "kv_cache_dtype": kv_dtype,

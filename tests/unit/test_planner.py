@@ -8,7 +8,17 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from multinode_vllm.module_utils._planner import GIB, PlanError, load_config, parameter_count, plan
+from multinode_vllm.module_utils._planner import (
+    GIB,
+    PlanError,
+    check_parallel,
+    default_parallel,
+    idle_gpus,
+    load_config,
+    parallel_shape,
+    parameter_count,
+    plan,
+)
 
 from multinode_vllm.cli import main
 
@@ -75,10 +85,17 @@ def test_tiny_model_pp2() -> None:
             "does not divide num_attention_heads=32",
         ),
         (
-            {"tensor_parallel_size": 4, "pipeline_parallel_size": 1},
+            {"tensor_parallel_size": 4, "pipeline_parallel_size": 4},
             "tensor_parallel_size",
             "make the product 8",
         ),
+        (
+            # mp: vLLM runs on every node and must use every GPU
+            {"tensor_parallel_size": 4, "pipeline_parallel_size": 1, "backend": "mp"},
+            "tensor_parallel_size",
+            "make the product 8",
+        ),
+        ({"backend": "nccl"}, "backend", "unknown backend 'nccl'"),
         ({"max_model_len": 1_000_000}, "max_model_len", "above the model's maximum 131072"),
         ({"dtype": "int3"}, "dtype", "unknown dtype 'int3'"),
         ({"gpu_memory_utilization": 1.5}, "gpu_memory_utilization", "must be in (0, 1]"),
@@ -197,3 +214,124 @@ def test_filter_through_ansible() -> None:
     )
     assert bad.returncode != 0
     assert "tensor_parallel_size: 3 does not divide" in bad.stdout + bad.stderr
+
+
+# --- the cluster's shape: one rule (check_parallel) for validate, vllm_serve and the planner ---------
+
+OLD_MESSAGE = (
+    "vllm_serve_tensor_parallel_size=8 x vllm_serve_pipeline_parallel_size=3 = 24 GPUs, but the cluster has "
+    "2 nodes x 8 GPUs = 16. Fix: make the product 16, usually TP = GPUs per node (8) and PP = nodes (2); or correct "
+    "validate_gpus_per_node (multinode_ray_num_gpus when the inventory sets it)."
+)
+
+
+@pytest.mark.parametrize("backend", ["ray", "mp"])
+def test_more_gpus_than_the_cluster_has_is_refused_with_the_same_message(backend: str) -> None:
+    assert check_parallel(8, 3, 2, 8, backend) == OLD_MESSAGE
+
+
+def test_spare_nodes_are_accepted_with_ray_and_noted() -> None:
+    # 8 nodes x 1 GPU serving TP 1 x PP 2: 6 spare Ray nodes
+    assert check_parallel(1, 2, 8, 1, "ray") is None
+    note = idle_gpus(1, 2, 8, 1, "ray")
+    assert note is not None and "6 GPUs stay idle" in note and "uses 2 of the 8 GPUs of the cluster" in note
+    assert idle_gpus(1, 8, 8, 1, "ray") is None  # every GPU used
+    shape = parallel_shape(1, 2, 8, 1, "ray")
+    assert (shape["problem"], shape["gpus_used"], shape["gpus"]) == ("", 2, 8)
+    assert "6 GPUs stay idle" in shape["note"]
+
+
+def test_mp_must_use_every_gpu_and_names_the_variables() -> None:
+    problem = check_parallel(1, 2, 8, 1, "mp")
+    assert problem is not None
+    for text in (
+        "vllm_serve_tensor_parallel_size=1 x vllm_serve_pipeline_parallel_size=2 = 2 GPUs",
+        "8 nodes x 1 GPUs = 8",
+        "multinode_backend=mp",
+        "--nnodes 8",
+        "make the product 8",
+        "multinode_backend=ray",
+        "6 GPUs left over",
+    ):
+        assert text in problem, text
+    assert idle_gpus(1, 2, 8, 1, "mp") is None
+    assert check_parallel(1, 8, 8, 1, "mp") is None
+
+
+def test_unset_sizes_default_like_the_roles() -> None:
+    assert default_parallel(2, 8) == (8, 2)
+    assert default_parallel(2, 8, tp=16) == (16, 1)
+    assert default_parallel(8, 1, pp=2) == (1, 2)  # ray: TP within a node, the rest spare
+    assert default_parallel(8, 1, "mp", pp=2) == (4, 2)  # mp: every GPU
+    assert parallel_shape(None, None, 2, 8)["problem"] == ""
+
+
+def test_planner_never_picks_more_stages_than_layers() -> None:
+    # the tiny model has 2 layers: PP = nodes = 8 would be "8 stages for 2 layers"
+    for backend in ("ray", "mp"):
+        result = plan(cfg("tiny-llama"), nodes=8, gpus_per_node=1, gpu_memory_bytes=8 * GIB, backend=backend)
+        assert result["pipeline_parallel_size"] <= 2, backend
+        assert result["fits"] is True
+    ray = plan(cfg("tiny-llama"), nodes=8, gpus_per_node=1, gpu_memory_bytes=8 * GIB)
+    assert (ray["tensor_parallel_size"], ray["pipeline_parallel_size"], ray["gpus_used"]) == (1, 2, 2)
+    assert any("6 GPUs stay idle" in n for n in ray["notes"])
+    mp = plan(cfg("tiny-llama"), nodes=8, gpus_per_node=1, gpu_memory_bytes=8 * GIB, backend="mp")
+    assert (mp["tensor_parallel_size"], mp["pipeline_parallel_size"], mp["gpus_used"]) == (4, 2, 8)
+
+
+def test_planner_accepts_spare_gpus_with_ray_and_refuses_them_with_mp() -> None:
+    args = {"nodes": 8, "gpus_per_node": 1, "gpu_memory_bytes": 8 * GIB, "tensor_parallel_size": 1}
+    result = plan(cfg("tiny-llama"), pipeline_parallel_size=2, **args)
+    assert result["fits"] is True and result["gpus_used"] == 2 and result["gpus"] == 8
+    with pytest.raises(PlanError, match="must use every GPU") as err:
+        plan(cfg("tiny-llama"), pipeline_parallel_size=2, backend="mp", **args)
+    assert err.value.variable == "tensor_parallel_size"
+    # a pipeline deeper than the model stays refused, whatever the backend
+    with pytest.raises(PlanError, match="8 stages for 2 layers"):
+        plan(cfg("tiny-llama"), pipeline_parallel_size=8, **args)
+
+
+# Two wide layers: TP 1 x PP 2 cannot hold them on 4 GiB GPUs, TP 4 x PP 2 (every GPU of 8 nodes) can.
+TWO_WIDE_LAYERS = {
+    "model_type": "llama",
+    "torch_dtype": "bfloat16",
+    "hidden_size": 8192,
+    "intermediate_size": 28672,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "vocab_size": 128256,
+    "max_position_embeddings": 4096,
+}
+
+
+def test_planner_prefers_a_shape_that_fits() -> None:
+    args = {"nodes": 8, "gpus_per_node": 1, "gpu_memory_bytes": 4 * GIB}
+    usual = plan(TWO_WIDE_LAYERS, tensor_parallel_size=1, pipeline_parallel_size=2, **args)
+    assert usual["fits"] is False
+    for backend in ("ray", "mp"):
+        chosen = plan(TWO_WIDE_LAYERS, backend=backend, **args)
+        assert (chosen["tensor_parallel_size"], chosen["pipeline_parallel_size"], chosen["fits"]) == (4, 2, True)
+    # on 1 x 8 nothing fits: the plan is the usual shape's, with its numbers
+    result = plan(cfg("llama-3.1-405b"), nodes=1, gpus_per_node=8, gpu_memory_bytes=H100)
+    assert (result["tensor_parallel_size"], result["pipeline_parallel_size"], result["fits"]) == (8, 1, False)
+
+
+def test_parallel_check_filter_through_ansible() -> None:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    bin_dir = Path(os.environ.get("VIRTUAL_ENV", ROOT / ".venv")) / "bin"
+    expr = (
+        "{{ [(1 | multinode.vllm.parallel_check(2, nodes=8, gpus_per_node=1)).note,"
+        " ('1' | multinode.vllm.parallel_check('2', nodes='8', gpus_per_node=1, backend='mp')).problem] }}"
+    )
+    proc = subprocess.run(
+        [str(bin_dir / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "debug", "-a", f"msg={expr}"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    flat = " ".join(proc.stdout.split())
+    assert "6 GPUs stay idle" in flat and "multinode_backend=mp" in flat

@@ -1,0 +1,104 @@
+# Copyright (c) multinode.vllm developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The inventory as the validate phase reads it, as Jinja2 filters: values per host, addresses, names."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: host_values
+short_description: The value of every checked variable on every host, defaults filled in
+description:
+  - Reads each variable of O(rules) from each host of O(hosts) in C(hostvars); where a host leaves
+    one unset (or it names an undefined variable), takes O(defaults) unless the rule is C(optional).
+  - Secrets (rule kind C(secret)) come back as C(secret_type) and C(empty) only, never their value.
+  - The result is what the C(invalid_vars) filter checks.
+  - The same plugin file also provides C(duplicate_addresses) and C(unresolvable_hosts).
+author: multinode.vllm developers (@multinode)
+options:
+  _input:
+    description: C(hostvars).
+    type: dict
+    required: true
+  hosts:
+    description: The hosts to read.
+    type: list
+    elements: str
+    required: true
+  rules:
+    description: Variable name -> rule (see the C(invalid_vars) filter).
+    type: dict
+    required: true
+  defaults:
+    description: Variable name -> product default.
+    type: dict
+    default: {}
+"""
+
+EXAMPLES = r"""
+- name: Check the ports of every cluster host
+  ansible.builtin.debug:
+    msg: "{{ _values | multinode.vllm.invalid_vars(_rules) }}"
+  vars:
+    _rules: {multinode_vllm_port: {kind: port}}
+    _values: "{{ hostvars | multinode.vllm.host_values(groups['vllm_cluster'], _rules, {'multinode_vllm_port': 80}) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: Host name -> variable name -> value.
+  type: dict
+"""
+
+import socket
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.multinode.vllm.plugins.module_utils._checks import host_values as _host_values
+from ansible_collections.multinode.vllm.plugins.module_utils._cluster import (
+    duplicate_addresses as _duplicate_addresses,
+)
+from ansible_collections.multinode.vllm.plugins.module_utils._cluster import host_vars, unresolvable
+from jinja2 import Undefined
+
+_ADDRESS_VARS = ("ansible_host", "ansible_port", "ansible_connection")
+
+
+def _read(hostvars, hosts, names):
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
+    try:
+        return host_vars(hostvars, hosts, names, Undefined)
+    except KeyError as exc:
+        raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
+
+
+def host_values(hostvars, hosts, rules, defaults=None):
+    if not isinstance(rules, dict):
+        raise AnsibleFilterError("host_values: expects a dict of rules")
+    return _host_values(_read(hostvars, hosts, list(rules)), rules, dict(defaults or {}))
+
+
+def duplicate_addresses(hostvars, hosts):
+    return _duplicate_addresses(_read(hostvars, hosts, _ADDRESS_VARS))
+
+
+def _resolves(name):
+    """The controller's resolver (NSS, as `getent hosts` asks it)."""
+    try:
+        return bool(socket.getaddrinfo(name, None))
+    except (OSError, UnicodeError):
+        return False
+
+
+def unresolvable_hosts(hostvars, hosts):
+    return unresolvable(_read(hostvars, hosts, _ADDRESS_VARS), _resolves)
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "host_values": host_values,
+            "duplicate_addresses": duplicate_addresses,
+            "unresolvable_hosts": unresolvable_hosts,
+        }
