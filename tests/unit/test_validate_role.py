@@ -124,3 +124,71 @@ def test_escape_hatch_lets_a_plan_that_does_not_fit_through(tmp_path: Path) -> N
     rc, out = run_validate(tmp_path, inventory(["node1"], ["node2"]), "-e", json.dumps(extra))
     assert rc == 0, out
     assert "does not fit" in out  # still reported
+
+
+TINY = str(ROOT / "tests" / "fixtures" / "models" / "tiny-llama")
+EIGHT = [f"node{i}" for i in range(2, 9)]
+
+
+def tiny_on_8x1(**over: Any) -> dict[str, Any]:
+    """The 2-layer test model on 8 nodes of 1 GPU (the issue's scale test bed)."""
+    values = {
+        "multinode_model": "example/tiny",
+        "validate_model_config_path": TINY,
+        "validate_gpus_per_node": 1,
+        "validate_gpu_memory_gib": 8,
+        **over,
+    }
+    return inventory(["node1"], EIGHT, **values)
+
+
+def test_spare_ray_nodes_pass_with_a_note(tmp_path: Path) -> None:
+    inv = tiny_on_8x1(vllm_serve_tensor_parallel_size=1, vllm_serve_pipeline_parallel_size=2)
+    rc, out = run_validate(tmp_path, inv)
+    assert rc == 0, out[-3000:]
+    assert "TP 1 x PP 2 on 8 nodes x 1 GPUs" in out
+    assert "uses 2 of the 8 GPUs of the cluster (8 nodes x 1): 6 GPUs stay idle" in out
+
+
+def test_mp_with_gpus_left_over_stops_naming_the_variables(tmp_path: Path) -> None:
+    inv = tiny_on_8x1(vllm_serve_tensor_parallel_size=1, vllm_serve_pipeline_parallel_size=2, multinode_backend="mp")
+    rc, out = run_validate(tmp_path, inv)
+    assert rc == 2, out[-3000:]
+    assert "Stop if tensor x pipeline parallel does not fit the GPUs of the cluster" in out
+    for text in (
+        "vllm_serve_tensor_parallel_size=1 x vllm_serve_pipeline_parallel_size=2 = 2 GPUs",
+        "8 nodes x 1 GPUs = 8",
+        "multinode_backend=mp",
+        "make the product 8",
+    ):
+        assert text in out, text
+
+
+@pytest.mark.parametrize("ignore", [False, True], ids=["planner-chooses", "ignore-plan"])
+def test_unset_shape_on_more_nodes_than_layers_is_planned(tmp_path: Path, ignore: bool) -> None:
+    # the planner used to pick PP = nodes: "8 stages for 2 layers", even with validate_ignore_plan=true
+    rc, out = run_validate(tmp_path, tiny_on_8x1(validate_ignore_plan=ignore))
+    assert rc == 0, out[-3000:]
+    assert "TP 1 x PP 2 on 8 nodes x 1 GPUs" in out
+    assert "stages for 2 layers" not in out
+
+
+def test_escape_hatch_goes_on_past_a_planner_objection(tmp_path: Path) -> None:
+    extra = {"vllm_serve_max_model_len": 200000, "validate_ignore_plan": True}
+    rc, out = run_validate(tmp_path, inventory(["node1"], ["node2"]), "-e", json.dumps(extra))
+    assert rc == 0, out[-3000:]
+    # (the yaml callback doubles the apostrophe of "model's")
+    assert "The planner refused the settings: max_model_len: 200000 is above the model" in out
+    assert "validate_ignore_plan=true: going on without a plan" in out
+
+
+def test_escape_hatch_goes_on_past_a_shape_the_cluster_cannot_run(tmp_path: Path) -> None:
+    inv = tiny_on_8x1(
+        vllm_serve_tensor_parallel_size=1,
+        vllm_serve_pipeline_parallel_size=2,
+        multinode_backend="mp",
+        validate_ignore_plan=True,
+    )
+    rc, out = run_validate(tmp_path, inv)
+    assert rc == 0, out[-3000:]
+    assert "validate_ignore_plan=true: going on without a plan" in out
