@@ -98,7 +98,7 @@ def preflight_checks(
     driver_version: Any = "",
     ib_required_ports: Any = 0,
     ib_hca_prefix: str = "mlx5",
-) -> dict[str, list[Any]]:
+) -> dict[str, Any]:
     """The preflight checks across nodes, from each host's ``ansible_facts``.
 
     Returns lists (empty: that check passes, except the per-host rows):

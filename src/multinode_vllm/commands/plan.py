@@ -25,6 +25,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--tensor-parallel-size", type=int)
     p.add_argument("--pipeline-parallel-size", type=int)
+    p.add_argument(
+        "--backend",
+        choices=["ray", "mp"],
+        default="ray",
+        help="ray may leave GPUs idle (spare); mp must use every GPU (default: ray)",
+    )
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.set_defaults(func=run)
 
@@ -42,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
             kv_cache_dtype=args.kv_cache_dtype,
             tensor_parallel_size=args.tensor_parallel_size,
             pipeline_parallel_size=args.pipeline_parallel_size,
+            backend=args.backend,
         )
     except PlanError as exc:
         if args.json:
@@ -68,4 +75,6 @@ def run(args: argparse.Namespace) -> int:
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
         print(result["reason"])
+        for note in result["notes"]:
+            print(f"note: {note}")
     return 0 if result["fits"] else 1
