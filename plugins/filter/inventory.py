@@ -6,50 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-DOCUMENTATION = r"""
-name: host_values
-short_description: The value of every checked variable on every host, defaults filled in
-description:
-  - Reads each variable of O(rules) from each host of O(hosts) in C(hostvars); where a host leaves
-    one unset (or it names an undefined variable), takes O(defaults) unless the rule is C(optional).
-  - Secrets (rule kind C(secret)) come back as C(secret_type) and C(empty) only, never their value.
-  - The result is what the C(invalid_vars) filter checks.
-  - The same plugin file also provides C(duplicate_addresses) and C(unresolvable_hosts).
-author: multinode.vllm developers (@multinode)
-options:
-  _input:
-    description: C(hostvars).
-    type: dict
-    required: true
-  hosts:
-    description: The hosts to read.
-    type: list
-    elements: str
-    required: true
-  rules:
-    description: Variable name -> rule (see the C(invalid_vars) filter).
-    type: dict
-    required: true
-  defaults:
-    description: Variable name -> product default.
-    type: dict
-    default: {}
-"""
-
-EXAMPLES = r"""
-- name: Check the ports of every cluster host
-  ansible.builtin.debug:
-    msg: "{{ _values | multinode.vllm.invalid_vars(_rules) }}"
-  vars:
-    _rules: {multinode_vllm_port: {kind: port}}
-    _values: "{{ hostvars | multinode.vllm.host_values(groups['vllm_cluster'], _rules, {'multinode_vllm_port': 80}) }}"
-"""
-
-RETURN = r"""
-_value:
-  description: Host name -> variable name -> value.
-  type: dict
-"""
+# The three filters are documented beside this file: host_values.yml, duplicate_addresses.yml,
+# unresolvable_hosts.yml (a plugin file with DOCUMENTATION would shadow them).
 
 import socket
 

@@ -1,6 +1,6 @@
 # Copyright (c) multinode.vllm developers
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The planner as Jinja2 filters: the plan (validate phase) and the TP x PP rule (validate, vllm_serve)."""
+"""The planner as a Jinja2 filter for the validate phase."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -13,7 +13,7 @@ description:
   - Computes the parameter count and KV cache bytes per token from a model's C(config.json),
     then checks that TP x PP matches the GPUs and that weights and KV cache fit in GPU memory.
   - Fails with a message naming the variable to change when the input is invalid.
-  - The same plugin file also provides C(parallel_check), the TP x PP rule alone.
+  - The TP x PP rule alone is the C(parallel_check) filter (the same function).
 author: multinode.vllm developers (@multinode)
 options:
   _input:
@@ -76,11 +76,9 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils._planner import (
-    BACKENDS,
     PARALLEL_NAMES,
     PlanError,
     load_config,
-    parallel_shape,
     plan,
 )
 
@@ -97,30 +95,6 @@ def vllm_plan(config, **kwargs):
         raise AnsibleFilterError("vllm_plan: %s" % exc) from exc
 
 
-def _size(value, name, allow_none=False):
-    if value is None and allow_none:
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        number = 0
-    if number <= 0 or isinstance(value, bool):
-        raise AnsibleFilterError("parallel_check: %s must be a positive integer, got %r" % (name, value))
-    return number
-
-
-def parallel_check(tensor_parallel_size, pipeline_parallel_size=None, nodes=None, gpus_per_node=None, backend="ray"):
-    if backend not in BACKENDS:
-        raise AnsibleFilterError("parallel_check: backend must be one of %s, got %r" % (", ".join(BACKENDS), backend))
-    return parallel_shape(
-        _size(tensor_parallel_size, "tensor_parallel_size", allow_none=True),
-        _size(pipeline_parallel_size, "pipeline_parallel_size", allow_none=True),
-        _size(nodes, "nodes"),
-        _size(gpus_per_node, "gpus_per_node"),
-        backend,
-    )
-
-
 class FilterModule:
     def filters(self):
-        return {"vllm_plan": vllm_plan, "parallel_check": parallel_check}
+        return {"vllm_plan": vllm_plan}
