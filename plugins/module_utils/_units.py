@@ -38,7 +38,8 @@ def unit_files(name: str, runtime: str, config_dir: str) -> list[str]:
     """The files a unit's process reads at start: its systemd unit (native) and its environment file
     (native; docker: the secrets file mounted into the container)."""
     files = ["/etc/systemd/system/%s.service" % name] if runtime == "native" else []
-    return files + ["%s/%s.env" % (config_dir.rstrip("/"), name)]
+    files.append("%s/%s.env" % (config_dir.rstrip("/"), name))
+    return files
 
 
 def parse_systemctl_show(text: str) -> list[dict[str, str]]:
@@ -186,7 +187,10 @@ def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vl
 
 
 _STALE_WHY = {
-    "native": " unit changed on disk since it started (its unit or environment file; an interrupted run?): run the phase again",
+    "native": (
+        " unit changed on disk since it started (its unit or environment file; an interrupted run?):"
+        " run the phase again"
+    ),
     "docker": " container: its secrets file changed since it started (an interrupted run?): run the phase again",
 }
 

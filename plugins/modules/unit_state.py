@@ -95,13 +95,14 @@ def read_states(module, runtime, names):
         rc, out, err = module.run_command(argv, check_rc=False)
         if rc != 0:
             module.fail_json(msg="systemctl show failed (rc=%s): %s" % (rc, err.strip()))
-        states = dict((n, systemd_state(b)) for n, b in zip(names, parse_systemctl_show(out)))
+        blocks = parse_systemctl_show(out)
+        states = dict((n, systemd_state(blocks[i])) for i, n in enumerate(names) if i < len(blocks))
         for st in states.values():
             # A unit file deleted without a daemon-reload stays "loaded": the file decides.
             st["present"] = st["present"] and bool(st["fragment"]) and os.path.exists(st["fragment"])
         return states
     # docker inspect prints the containers that exist and fails for the others: both are answers.
-    _rc, out, _err = module.run_command(["docker", "inspect"] + list(names), check_rc=False)
+    _rc, out, _err = module.run_command(["docker", "inspect", *names], check_rc=False)
     return parse_docker_inspect(out)
 
 
