@@ -110,13 +110,13 @@ def mtime(path):
 
 
 def systemctl(module, *args):
-    rc, out, err = module.run_command(["systemctl"] + list(args), check_rc=False)
+    rc, out, err = module.run_command(["systemctl", *args], check_rc=False)
     return rc, out, err
 
 
 def unit_state(module, name):
     argv = ["show", "--timestamp=unix"] + ["--property=%s" % p for p in SYSTEMD_PROPERTIES]
-    rc, out, err = systemctl(module, *(argv + ["%s.service" % name]))
+    rc, out, err = systemctl(module, *argv, "%s.service" % name)
     if rc != 0:
         module.fail_json(msg="systemctl show %s failed (rc=%s): %s" % (name, rc, err.strip()))
     blocks = parse_systemctl_show(out)

@@ -135,7 +135,6 @@ PLAYBOOK = """\
           plan: "{{{{ cluster_firewall_plan }}}}"
           ray_python: "{{{{ _multinode_ray_python }}}}"
           ray_cli: "{{{{ _multinode_ray_cli }}}}"
-          worker_head_python: "{{{{ _ray_worker_head_python | default([]) }}}}"
           head_args: "{{{{ _ray_head_args }}}}"
           worker_args: "{{{{ _ray_worker_args }}}}"
           vllm_args: "{{{{ _vllm_serve_args }}}}"
@@ -286,7 +285,6 @@ def test_ray_clients_and_processes_get_the_token_path_never_the_token(tmp_path: 
     auth = ["env", "RAY_AUTH_MODE=token", "RAY_AUTH_TOKEN_PATH=/etc/multinode-vllm/ray-auth-token"]
     assert head["ray_python"] == [*auth, "/opt/v/bin/python"]
     assert head["ray_cli"] == [*auth, "/opt/v/bin/ray"]
-    assert worker["worker_head_python"] == [*auth, "/opt/v/bin/python"]
     for env in (head["ray_env"], head["vllm_env"]):
         assert env["RAY_AUTH_MODE"] == "token" and env["RAY_AUTH_TOKEN_PATH"] == "/etc/multinode-vllm/ray-auth-token"
     assert 'RAY_AUTH_TOKEN_PATH="/etc/multinode-vllm/ray-auth-token"' in head["ray.env"]

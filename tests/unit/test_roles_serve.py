@@ -57,6 +57,10 @@ RENDER_PLAYBOOK = """\
     - name: Set the preflight facts
       fake_facts:
         facts: "{{{{ node_facts }}}}"
+    # What the multinode role's once-per-run set-up notes (roles/multinode/tasks/main.yml).
+    - name: Note the GPUs this node announces to Ray
+      ansible.builtin.set_fact:
+        multinode_node_gpus: "{{{{ multinode_ray_num_gpus | int }}}}"
     - name: Write the derived values
       ansible.builtin.copy:
         dest: "{out}/{{{{ inventory_hostname }}}}.json"
