@@ -13,6 +13,7 @@ import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +22,30 @@ from multinode_vllm import testbed as tb
 
 E2E_NAME = "mnv-e2e"
 VENV_BIN = Path(PROJECT_DIR) / ".venv" / "bin"
+
+# Every bed brought up from nothing is converged from scratch once (its first site.yml): the suite's
+# cost is counted in them, so the run prints how many (issue 12: share converged beds).
+BEDS_FROM_NOTHING: list[str] = []
+_testbed_up = tb.up
+
+
+def _counting_up(spec: tb.TestbedSpec, **kwargs: Any) -> tb.Testbed:
+    existed = tb.status(spec.name)["exists"]
+    bed = _testbed_up(spec, **kwargs)
+    if not existed:
+        BEDS_FROM_NOTHING.append(spec.name)
+    return bed
+
+
+tb.up = _counting_up  # the modules call tb.up through the package: each new bed is counted
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.write_line(
+        f"e2e: {len(BEDS_FROM_NOTHING)} test beds brought up from nothing by this pytest process (each converged "
+        f"from scratch once; the CLI tests bring up `mnv` in their own process): "
+        f"{', '.join(BEDS_FROM_NOTHING) or 'none'}"
+    )
 
 
 @pytest.fixture(scope="session")
