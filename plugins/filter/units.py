@@ -12,7 +12,7 @@ short_description: The members that started after vLLM on the head
 description:
   - vLLM does not survive a lost member. When a Ray node (ray backend) or a headless vLLM (mp
     backend) started after the vLLM on the head, Ray looks whole and /health still answers 200,
-    but the engine's workers are gone: vLLM must restart.
+    but the engine's workers are gone, and vLLM must restart.
   - Takes host -> {unit -> start time (seconds since the epoch, 0 when not running)}, as the
     C(started_at) of C(multinode.vllm.unit_state), and returns C("host unit") strings.
   - The same plugin file also provides status.yml's rules, C(shm_status) (C(df) output of
