@@ -17,7 +17,7 @@ description:
   - Returns for each whether it exists and runs, when it last started, and whether a file changed
     after that start (a run stopped between writing a unit or environment file and the restart
     handler leaves the process on its old settings; the next run finds the files unchanged).
-  - R(restart) maps each unit that must restart to the reason. The rules are the pure functions of
+  - RV(restart) maps each unit that must restart to the reason. The rules are the pure functions of
     C(plugins/module_utils/_units.py).
   - Read-only; runs in check mode.
 options:
