@@ -17,8 +17,9 @@ description:
     C(started_at) of C(multinode.vllm.unit_state), and returns C("host unit") strings.
   - The same plugin file also provides status.yml's rules, C(shm_status) (C(df) output of
     /dev/shm against what Ray and vLLM need), C(node_status) (a node's processes and problems from
-    its C(unit_state) result) and C(cluster_status) (the group's status and its problems), and C(unit_files) (the unit
-    and environment files a unit reads at start, per runtime).
+    its C(unit_state) result), C(cluster_status) (the group's status and its problems),
+    C(cluster_gpus) (the GPUs the group announces to Ray, from every node's variables, unreachable
+    ones too) and C(unit_files) (the unit and environment files a unit reads at start, per runtime).
 author: multinode.vllm developers (@multinode)
 options:
   _input:
@@ -50,6 +51,7 @@ _value:
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils._units import (
+    cluster_gpus,
     cluster_status,
     node_status,
     parse_shm,
@@ -72,4 +74,5 @@ class FilterModule:
             "node_status": node_status,
             "cluster_status": cluster_status,
             "unit_files": unit_files,
+            "cluster_gpus": cluster_gpus,
         }

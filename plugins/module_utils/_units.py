@@ -170,6 +170,27 @@ def unit_report(
     }
 
 
+def cluster_gpus(nodes: list[Any]) -> int:
+    """GPUs the whole group announces to Ray: per node, what the node noted in this run
+    (``multinode_node_gpus``), else the inventory's ``multinode_ray_num_gpus``, else its GPU count
+    fact, else 0. A node that does not answer still counts with what the inventory says."""
+    total = 0
+    for hv in nodes:
+        value = None
+        for key in ("multinode_node_gpus", "multinode_ray_num_gpus"):
+            if key in hv and hv[key] not in (None, ""):
+                value = hv[key]
+                break
+        if value is None:
+            facts = hv.get("ansible_facts", {})
+            value = ((facts or {}).get("multinode_gpu") or {}).get("count", 0)
+        try:
+            total += int(value)
+        except (TypeError, ValueError):
+            continue
+    return total
+
+
 def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vllm") -> list[str]:
     """Members that started after ``unit`` on ``head`` ("host unit" strings, inventory order).
 

@@ -274,3 +274,19 @@ def test_cluster_status() -> None:
 def test_unit_files() -> None:
     assert _units.unit_files("vllm", "native", "/etc/m/") == ["/etc/systemd/system/vllm.service", "/etc/m/vllm.env"]
     assert _units.unit_files("vllm", "docker", "/etc/m") == ["/etc/m/vllm.env"]
+
+
+def test_cluster_gpus_counts_nodes_that_do_not_answer() -> None:
+    """status on a group with a node down must still expect that node's GPUs (Ray then misses them)."""
+    gpus = FilterModule().filters()["cluster_gpus"]
+    answered = {
+        "multinode_node_gpus": "1",
+        "multinode_ray_num_gpus": 1,
+        "ansible_facts": {"multinode_gpu": {"count": 8}},
+    }
+    down_inventory = {"multinode_ray_num_gpus": 1}  # no facts, nothing noted in this run
+    down_facts = {"ansible_facts": {"multinode_gpu": {"count": 8}}}
+    assert gpus([answered, down_inventory]) == 2
+    assert gpus([answered, down_facts]) == 9
+    assert gpus([answered, {}]) == 1
+    assert gpus([{"multinode_node_gpus": 4, "multinode_ray_num_gpus": 1}]) == 4
