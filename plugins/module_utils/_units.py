@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import calendar
 import json
+import os
 import re
 import time
 from typing import Any
@@ -34,10 +35,34 @@ SYSTEMD_PROPERTIES = (
 _ISO = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 
+def unit_path(name: str) -> str:
+    """Where the roles install the systemd unit ``name``."""
+    return "/etc/systemd/system/%s.service" % name
+
+
+def systemctl_show_argv(names: list[str]) -> list[str]:
+    """One ``systemctl show`` for the units ``names``: a block of SYSTEMD_PROPERTIES per unit."""
+    argv = ["systemctl", "show", "--timestamp=unix"]
+    argv += ["--property=%s" % p for p in SYSTEMD_PROPERTIES]
+    argv += ["%s.service" % n for n in names]
+    return argv
+
+
+def file_mtimes(paths: list[str]) -> dict[str, float]:
+    """path -> modification time, 0.0 for a file that is not there."""
+    found: dict[str, float] = {}
+    for path in paths:
+        try:
+            found[path] = os.stat(path).st_mtime
+        except OSError:
+            found[path] = 0.0
+    return found
+
+
 def unit_files(name: str, runtime: str, config_dir: str) -> list[str]:
     """The files a unit's process reads at start: its systemd unit (native) and its environment file
     (native; docker: the secrets file mounted into the container)."""
-    files = ["/etc/systemd/system/%s.service" % name] if runtime == "native" else []
+    files = [unit_path(name)] if runtime == "native" else []
     files.append("%s/%s.env" % (config_dir.rstrip("/"), name))
     return files
 

@@ -87,10 +87,12 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.multinode.vllm.plugins.module_utils._units import (
-    SYSTEMD_PROPERTIES,
     drift_reason,
+    file_mtimes,
     parse_systemctl_show,
+    systemctl_show_argv,
     systemd_state,
+    unit_path,
 )
 
 
@@ -102,21 +104,13 @@ def read(path):
         return None
 
 
-def mtime(path):
-    try:
-        return os.stat(path).st_mtime
-    except OSError:
-        return 0.0
-
-
 def systemctl(module, *args):
     rc, out, err = module.run_command(["systemctl", *args], check_rc=False)
     return rc, out, err
 
 
 def unit_state(module, name):
-    argv = ["show", "--timestamp=unix"] + ["--property=%s" % p for p in SYSTEMD_PROPERTIES]
-    rc, out, err = systemctl(module, *argv, "%s.service" % name)
+    rc, out, err = module.run_command(systemctl_show_argv([name]), check_rc=False)
     if rc != 0:
         module.fail_json(msg="systemctl show %s failed (rc=%s): %s" % (name, rc, err.strip()))
     blocks = parse_systemctl_show(out)
@@ -163,16 +157,16 @@ def main():
     )
     p = module.params
     name = p["name"]
-    unit_path = "/etc/systemd/system/%s.service" % name
+    unit_file = unit_path(name)
     before = unit_state(module, name)
     # Drift is judged on the files as they were before this call (a file written now restarts anyway).
-    drift = drift_reason(name, before, dict((f, mtime(f)) for f in (unit_path, p["env_path"])))
+    drift = drift_reason(name, before, file_mtimes([unit_file, p["env_path"]]))
 
-    old_unit = read(unit_path)
+    old_unit = read(unit_file)
     old_env = read(p["env_path"])
-    unit_changed = write(module, unit_path, p["unit"], 0o644)
+    unit_changed = write(module, unit_file, p["unit"], 0o644)
     env_changed = write(module, p["env_path"], p["env"], 0o600)
-    files_changed = [f for f, c in ((unit_path, unit_changed), (p["env_path"], env_changed)) if c]
+    files_changed = [f for f, c in ((unit_file, unit_changed), (p["env_path"], env_changed)) if c]
 
     changed = bool(files_changed)
     if (unit_changed or before["need_daemon_reload"]) and not module.check_mode:
@@ -224,8 +218,8 @@ def main():
         env_new = p["env"] if p["env"].endswith("\n") else p["env"] + "\n"
         result["diff"] = [
             dict(
-                before_header=unit_path,
-                after_header=unit_path,
+                before_header=unit_file,
+                after_header=unit_file,
                 before=(old_unit or b"").decode("utf-8", "replace"),
                 after=p["unit"] if p["unit"].endswith("\n") else p["unit"] + "\n",
             ),

@@ -77,9 +77,10 @@ import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.multinode.vllm.plugins.module_utils._units import (
-    SYSTEMD_PROPERTIES,
+    file_mtimes,
     parse_docker_inspect,
     parse_systemctl_show,
+    systemctl_show_argv,
     systemd_state,
     unit_report,
 )
@@ -89,10 +90,7 @@ def read_states(module, runtime, names):
     if not names:
         return {}
     if runtime == "native":
-        argv = ["systemctl", "show", "--timestamp=unix"]
-        argv += ["--property=%s" % p for p in SYSTEMD_PROPERTIES]
-        argv += ["%s.service" % n for n in names]
-        rc, out, err = module.run_command(argv, check_rc=False)
+        rc, out, err = module.run_command(systemctl_show_argv(names), check_rc=False)
         if rc != 0:
             module.fail_json(msg="systemctl show failed (rc=%s): %s" % (rc, err.strip()))
         blocks = parse_systemctl_show(out)
@@ -104,16 +102,6 @@ def read_states(module, runtime, names):
     # docker inspect prints the containers that exist and fails for the others: both are answers.
     _rc, out, _err = module.run_command(["docker", "inspect", *names], check_rc=False)
     return parse_docker_inspect(out)
-
-
-def mtimes(paths):
-    found = {}
-    for path in paths:
-        try:
-            found[path] = os.stat(path).st_mtime
-        except OSError:
-            found[path] = 0.0
-    return found
 
 
 def main():
@@ -135,7 +123,7 @@ def main():
     units = module.params["units"]
     names = [u["name"] for u in units]
     states = read_states(module, module.params["runtime"], names)
-    files = mtimes([p for u in units for p in u["files"]])
+    files = file_mtimes([p for u in units for p in u["files"]])
     module.exit_json(changed=False, **unit_report(module.params["runtime"], units, states, files))
 
 
