@@ -40,7 +40,18 @@ def _counting_up(spec: tb.TestbedSpec, **kwargs: Any) -> tb.Testbed:
 tb.up = _counting_up  # the modules call tb.up through the package: each new bed is counted
 
 
+# Wall time per test module (setup, calls and teardown, beds included): where the suite's time goes.
+MODULE_SECONDS: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    module = report.nodeid.split("::", 1)[0]
+    MODULE_SECONDS[module] = MODULE_SECONDS.get(module, 0.0) + report.duration
+
+
 def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for module, secs in sorted(MODULE_SECONDS.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"e2e time: {secs:7.1f} s  {module}")
     terminalreporter.write_line(
         f"e2e: {len(BEDS_FROM_NOTHING)} test beds brought up from nothing by this pytest process (each converged "
         f"from scratch once; the CLI tests bring up `mnv` in their own process): "
