@@ -4,6 +4,10 @@ both nodes (`--headless` on the worker), the tiny model with pipeline parallel 2
 site.yml with multinode_backend=mp; a chat completion; the units' command lines; a rerun with
 changed=0; the worker's headless vLLM killed and restarted by systemd (the head's engine lost its
 second stage) brought back by one rerun; teardown. Phase times are printed (pytest -s).
+
+No API key is given (a custom inventory without one): the collection fails closed, generating a key
+into the inventory's .credentials/api-key (0600) on the controller; the endpoint answers 401 without
+it and 200 with it. status with multinode_api_open=true warns.
 """
 
 from __future__ import annotations
@@ -25,8 +29,8 @@ from multinode_vllm.testbed.tinymodel import make_tiny_llama
 pytestmark = pytest.mark.e2e
 
 NAME = "mnv-mp"
-API_KEY = "mnv-testbed-key"  # inventories/local/group_vars/all/serve.yml
-MP = {"multinode_backend": "mp"}
+# No key given (the committed test-bed group_vars set one; the extra var empties it): generated.
+MP = {"multinode_backend": "mp", "multinode_api_key": ""}
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 PHASES: dict[str, float] = {}
 
@@ -55,12 +59,16 @@ def sh(bed: tb.Testbed, index: int, script: str) -> str:
     return bed.exec(index, ["sh", "-c", script], check=False).stdout
 
 
-def chat(bed: tb.Testbed) -> str:
+def generated_key(bed: tb.Testbed) -> Path:
+    return bed.inventory / ".credentials" / "api-key"
+
+
+def chat(bed: tb.Testbed, key: str | None = None) -> str:
+    key = generated_key(bed).read_text().strip() if key is None else key
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
+    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     req = urllib.request.Request(
-        f"http://{bed.node(1).mgmt_ip}:8000/v1/chat/completions",
-        json.dumps(body).encode(),
-        {"Content-Type": "application/json", "Authorization": f"Bearer {API_KEY}"},
+        f"http://{bed.node(1).mgmt_ip}:8000/v1/chat/completions", json.dumps(body).encode(), headers
     )
     with urllib.request.urlopen(req, timeout=60) as resp:
         return str(json.loads(resp.read())["choices"][0]["message"]["content"])
@@ -72,9 +80,21 @@ def started(bed: tb.Testbed, index: int) -> int:
 
 
 def test_mp_backend_serves_pp2_across_two_nodes_and_recovers(bed: tb.Testbed, run_ansible: Callable[..., Any]) -> None:
-    play(run_ansible, bed, "site.yml", phase="site.yml (first run)")
+    generated_key(bed).unlink(missing_ok=True)
+    _, first = play(run_ansible, bed, "site.yml", phase="site.yml (first run)")
+    # fail closed: a key was generated on the controller, 0600, and the run says where (not what)
+    key_file = generated_key(bed)
+    key = key_file.read_text().strip()
+    assert len(key) == 48 and key.isalnum()
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert f"API key: generated, in {key_file}" in " ".join(first.split()), first[-3000:]
+    assert key not in first
+    for wrong in ("", "not-the-key"):
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            chat(bed, wrong)
+        assert denied.value.code == 401, f"key {wrong!r}: HTTP {denied.value.code}"
     text = chat(bed)
-    print(f"[mp answer] {text!r}")
+    print(f"[mp answer] {text!r} (generated key: 401 without it, 200 with it)")
     assert text
 
     head = sh(bed, 1, "systemctl cat vllm")
@@ -109,6 +129,15 @@ def test_mp_backend_serves_pp2_across_two_nodes_and_recovers(bed: tb.Testbed, ru
     # the head's engine (which lost its second stage) started again after the worker came back
     assert started(bed, 1) > restarted_at
     assert chat(bed)
+
+    # an explicitly open API is reported on every status run
+    status = run_ansible(
+        "ansible-playbook", "-i", str(bed.inventory), "playbooks/status.yml",
+        "-e", json.dumps({**MP, "multinode_api_open": True}), timeout=300,
+    )
+    assert "the API is open: vLLM serves without a key (multinode_api_open: true)" in " ".join(status.stdout.split()), (
+        status.stdout[-3000:]
+    )
 
     play(run_ansible, bed, "playbooks/teardown.yml", phase="teardown")
     for i in (1, 2):

@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from multinode_vllm import PROJECT_DIR
+from multinode_vllm.module_utils._credentials import read_api_key
 from multinode_vllm.progress import (
     EXIT_FAILED,
     EXIT_OK,
@@ -403,8 +404,39 @@ def _endpoint_from_inventory(inventory: str | Path, endpoint_url: str | None) ->
     hv = (listing.get("_meta") or {}).get("hostvars", {}).get(head) or inventory_vars(inventory, head)
     mgmt = str(hv.get("ansible_host") or head)
     port = int(hv.get("multinode_vllm_port") or hv.get("vllm_serve_port") or 8000)
-    key = hv.get("multinode_api_key") or hv.get("vllm_serve_api_key")
-    return Endpoint(base_url=endpoint_via_mgmt(endpoint_url, mgmt, port), api_key=str(key) if key else None)
+    return Endpoint(base_url=endpoint_via_mgmt(endpoint_url, mgmt, port), api_key=api_key_for(inventory, hv))
+
+
+def api_key_for(inventory: str | Path, hv: Mapping[str, Any]) -> str | None:
+    """The key the endpoint wants, from the source the serve phase uses (multinode.vllm.api_key).
+
+    MULTINODE_API_KEY wins; then multinode_api_key as the inventory writes it; then the key
+    generated into the credentials dir (multinode_credentials_dir, default <inventory dir>/.credentials);
+    None when the API is open. A key written as a template (a vault variable) is not readable
+    here: the message says to export MULTINODE_API_KEY.
+    """
+    if os.environ.get("MULTINODE_API_KEY"):
+        return os.environ["MULTINODE_API_KEY"]
+    if str(hv.get("multinode_api_open", "")).lower() in ("true", "yes", "on", "1"):
+        return None
+    given = hv.get("multinode_api_key") or hv.get("vllm_bench_api_key")
+    if given and "{{" not in str(given):
+        return str(given)
+    if given:
+        raise UsageError(
+            "multinode_api_key is a template (a vault variable?) that this command cannot read: "
+            "export MULTINODE_API_KEY with the key, then run it again"
+        )
+    inv = Path(inventory)
+    configured = str(hv.get("multinode_credentials_dir") or "")
+    if configured and "{{" not in configured:
+        creds = Path(configured)
+    else:
+        creds = (inv if inv.is_dir() else inv.parent) / ".credentials"
+    try:
+        return read_api_key(str(creds))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _cmd(args: argparse.Namespace) -> int:

@@ -1,0 +1,83 @@
+"""The API key fails closed (plugins/module_utils/_credentials.py, the multinode.vllm.api_key lookup)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from multinode_vllm import PROJECT_DIR
+from multinode_vllm.module_utils._credentials import KEY_LENGTH, read_api_key, resolve_api_key
+
+BIN = Path(PROJECT_DIR) / ".venv" / "bin"
+
+
+def test_no_key_generates_one_0600_and_reuses_it(tmp_path: Path) -> None:
+    creds = tmp_path / "inv" / ".credentials"
+    key = resolve_api_key("", False, str(creds))
+    assert len(key) == KEY_LENGTH and key.isalnum()
+    assert (creds / "api-key").stat().st_mode & 0o777 == 0o600
+    assert creds.stat().st_mode & 0o777 == 0o700
+    assert resolve_api_key("", False, str(creds)) == key  # reused, not regenerated
+    assert read_api_key(str(creds)) == key
+
+
+def test_given_key_wins_and_writes_nothing(tmp_path: Path) -> None:
+    assert resolve_api_key("from-the-vault", False, str(tmp_path / "c")) == "from-the-vault"
+    assert not (tmp_path / "c").exists()
+
+
+def test_open_api_has_no_key(tmp_path: Path) -> None:
+    assert resolve_api_key("", True, str(tmp_path / "c")) == ""
+    assert not (tmp_path / "c").exists()
+
+
+def test_an_empty_key_file_is_an_error_naming_it(tmp_path: Path) -> None:
+    (tmp_path / "api-key").write_text("\n")
+    with pytest.raises(ValueError, match="api-key is empty: delete it"):
+        resolve_api_key("", False, str(tmp_path))
+
+
+def test_the_lookup_serves_the_same_key(tmp_path: Path) -> None:
+    """Through Ansible: the lookup the serve phase and the bench phase use."""
+    creds = tmp_path / ".credentials"
+    play = tmp_path / "key.yml"
+    play.write_text(
+        "- hosts: localhost\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.copy:\n"
+        "        dest: " + str(tmp_path / "out.json") + "\n"
+        "        content: \"{{ {'generated': lookup('multinode.vllm.api_key', dir=d),"
+        " 'open': lookup('multinode.vllm.api_key', dir=d, open=true),"
+        " 'given': lookup('multinode.vllm.api_key', key='k1', dir=d)} | to_json }}\"\n"
+        "      vars:\n        d: " + str(creds) + "\n"
+    )
+    env = {**os.environ, "ANSIBLE_CONFIG": str(Path(PROJECT_DIR) / "ansible.cfg")}
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play)],
+        capture_output=True, text=True, env=env, cwd=PROJECT_DIR, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    out = json.loads((tmp_path / "out.json").read_text())
+    assert out == {"generated": read_api_key(str(creds)), "open": "", "given": "k1"}
+
+
+def test_the_cli_reads_the_key_from_the_same_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from multinode_vllm.commands.bench import api_key_for
+    from multinode_vllm.progress import UsageError
+
+    monkeypatch.delenv("MULTINODE_API_KEY", raising=False)
+    inv = tmp_path / "inv"
+    inv.mkdir()
+    generated = resolve_api_key("", False, str(inv / ".credentials"))
+    assert api_key_for(inv, {}) == generated
+    assert api_key_for(inv / "hosts.yml", {"multinode_api_key": ""}) == generated
+    assert api_key_for(inv, {"multinode_api_key": "literal"}) == "literal"
+    assert api_key_for(inv, {"multinode_api_open": True}) is None
+    with pytest.raises(UsageError, match="export MULTINODE_API_KEY"):
+        api_key_for(inv, {"multinode_api_key": "{{ vault_multinode_api_key }}"})
+    assert api_key_for(tmp_path / "nowhere", {}) is None  # nothing generated yet: no key to send
+    monkeypatch.setenv("MULTINODE_API_KEY", "from-env")
+    assert api_key_for(inv, {"multinode_api_key": "{{ vault_multinode_api_key }}"}) == "from-env"
