@@ -14,6 +14,8 @@ description:
     fraction, choice, subset, bool, args, strings, env, envname, abspath, nonempty, name, secret).
   - Returns one problem per variable and value, naming the hosts and what a valid value is.
   - With O(clashes=true), returns instead the hosts where two ports in use share a number.
+  - With O(mismatches=true), returns instead the settings whose rule says C(cluster) that are not
+    one value on every host (8000 and "8000" agree).
 author: multinode.vllm developers (@multinode)
 options:
   _input:
@@ -26,6 +28,10 @@ options:
     required: true
   clashes:
     description: Return the port clashes instead of the invalid values.
+    type: bool
+    default: false
+  mismatches:
+    description: Return the cluster-wide settings that differ between hosts instead of the invalid values.
     type: bool
     default: false
 """
@@ -45,23 +51,25 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: >-
-    A list of problems (check, var, value, hosts, want, text), or with O(clashes=true) a list of
-    strings "host: var1=N, var2=N".
+    A list of problems (check, var, value, hosts, want, text), with O(clashes=true) a list of
+    strings "host: var1=N, var2=N", with O(mismatches=true) a list of (var, text).
   type: list
 """
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils._checks import invalid_vars as _invalid_vars
-from ansible_collections.multinode.vllm.plugins.module_utils._checks import port_clashes
+from ansible_collections.multinode.vllm.plugins.module_utils._checks import cluster_mismatches, port_clashes
 
 
-def invalid_vars(values, rules, clashes=False):
+def invalid_vars(values, rules, clashes=False, mismatches=False):
     if not isinstance(values, dict) or not isinstance(rules, dict):
         raise AnsibleFilterError("invalid_vars: expects a dict of hosts and a dict of rules")
     plain = {str(h): dict(v) for h, v in values.items()}
     try:
         if clashes:
             return port_clashes(plain, dict(rules))
+        if mismatches:
+            return cluster_mismatches(plain, dict(rules))
         return _invalid_vars(plain, dict(rules))
     except ValueError as exc:
         raise AnsibleFilterError("invalid_vars: %s" % exc) from exc

@@ -276,6 +276,40 @@ def port_clashes(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, A
     return clashes
 
 
+def _canonical(value: Any) -> str:
+    """One spelling per value for comparing hosts: 8000 and "8000" agree, so do true and "yes"."""
+    if _is_int(value):
+        return str(int(value))
+    if isinstance(value, bool) or (isinstance(value, str) and value.lower() in _BOOL_STRINGS - {"0", "1"}):
+        return str(_same(value, True)).lower()
+    return show(value)
+
+
+def cluster_mismatches(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The settings with ``cluster: true`` that are not one value on every host.
+
+    Each: {var, text: "multinode_vllm_port: 8000 on node1, node2; 8001 on node3"}; hosts listed
+    under the value they have, the largest group first.
+    """
+    out = []
+    for var, rule in rules.items():
+        if not rule.get("cluster"):
+            continue
+        groups: dict[str, list[str]] = {}
+        shown: dict[str, str] = {}
+        for host, host_values in values.items():
+            if var not in host_values:
+                continue
+            key = _canonical(host_values[var])
+            groups.setdefault(key, []).append(host)
+            shown.setdefault(key, show(host_values[var]))
+        if len(groups) > 1:
+            ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1]))
+            text = "; ".join(f"{shown[k]} on {', '.join(sorted(hosts))}" for k, hosts in ordered)
+            out.append({"var": var, "text": f"{var}: {text}"})
+    return out
+
+
 def _same(actual: Any, expected: Any) -> bool:
     if isinstance(expected, bool):
         if isinstance(actual, str):

@@ -132,8 +132,13 @@ def test_mp_backend_serves_pp2_across_two_nodes_and_recovers(bed: tb.Testbed, ru
 
     # an explicitly open API is reported on every status run
     status = run_ansible(
-        "ansible-playbook", "-i", str(bed.inventory), "playbooks/status.yml",
-        "-e", json.dumps({**MP, "multinode_api_open": True}), timeout=300,
+        "ansible-playbook",
+        "-i",
+        str(bed.inventory),
+        "playbooks/status.yml",
+        "-e",
+        json.dumps({**MP, "multinode_api_open": True}),
+        timeout=300,
     )
     assert "the API is open: vLLM serves without a key (multinode_api_open: true)" in " ".join(status.stdout.split()), (
         status.stdout[-3000:]

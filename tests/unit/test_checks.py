@@ -6,7 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from ansible_collections.multinode.vllm.plugins.module_utils._checks import check_value, invalid_vars, port_clashes
+from ansible_collections.multinode.vllm.plugins.module_utils._checks import (
+    check_value,
+    cluster_mismatches,
+    invalid_vars,
+    port_clashes,
+)
 
 PORT = {"kind": "port"}
 
@@ -153,3 +158,36 @@ def test_port_clashes_count_only_the_ports_in_use(kw: dict[str, Any], clash: str
         assert got == []
     else:
         assert len(got) == 1 and clash in got[0], got
+
+
+def test_cluster_settings_must_be_one_value_on_every_host() -> None:
+    rules = {
+        "multinode_vllm_port": {"kind": "port", "cluster": True},
+        "multinode_backend": {"kind": "choice", "choices": ["ray", "mp"], "cluster": True},
+        "vllm_serve_enforce_eager": {"kind": "bool", "cluster": True},
+        "ansible_port": {"kind": "port"},  # per host: may differ
+    }
+    same = {
+        "node1": {
+            "multinode_vllm_port": 8000,
+            "multinode_backend": "ray",
+            "vllm_serve_enforce_eager": True,
+            "ansible_port": 22,
+        },
+        "node2": {
+            "multinode_vllm_port": "8000",
+            "multinode_backend": "ray",
+            "vllm_serve_enforce_eager": "yes",
+            "ansible_port": 2222,
+        },
+    }
+    assert cluster_mismatches(same, rules) == []  # 8000 and "8000", true and "yes" agree
+    differ = {
+        "node1": {"multinode_vllm_port": 8000, "multinode_backend": "ray"},
+        "node2": {"multinode_vllm_port": 8001, "multinode_backend": "ray"},
+        "node3": {"multinode_vllm_port": 8000, "multinode_backend": "mp"},
+    }
+    assert cluster_mismatches(differ, rules) == [
+        {"var": "multinode_vllm_port", "text": "multinode_vllm_port: 8000 on node1, node3; 8001 on node2"},
+        {"var": "multinode_backend", "text": "multinode_backend: ray on node1, node2; mp on node3"},
+    ]

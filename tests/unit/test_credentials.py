@@ -8,9 +8,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from multinode_vllm.module_utils._credentials import KEY_LENGTH, read_api_key, resolve_api_key
 
 from multinode_vllm import PROJECT_DIR
-from multinode_vllm.module_utils._credentials import KEY_LENGTH, read_api_key, resolve_api_key
 
 BIN = Path(PROJECT_DIR) / ".venv" / "bin"
 
@@ -57,7 +57,11 @@ def test_the_lookup_serves_the_same_key(tmp_path: Path) -> None:
     env = {**os.environ, "ANSIBLE_CONFIG": str(Path(PROJECT_DIR) / "ansible.cfg")}
     proc = subprocess.run(
         [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play)],
-        capture_output=True, text=True, env=env, cwd=PROJECT_DIR, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=PROJECT_DIR,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     out = json.loads((tmp_path / "out.json").read_text())
