@@ -17,7 +17,9 @@ description:
   - The same plugin file also provides C(firewall_addresses) (a list of IPs/CIDRs split into
     C(ipv4) and C(ipv6), failing with the variable's name on a bad entry), C(firewall_ports)
     (ports and C(A-B) ranges merged into nftables set elements) and C(firewall_dynamic_ports)
-    (the content of C(/proc/sys/net/ipv4/ip_local_port_range) to the range C(LOW-65535)).
+    (the content of C(/proc/sys/net/ipv4/ip_local_port_range) to the range C(LOW-65535)) and
+    C(firewall_port_overlaps) (the named port sets that hold a port: the API port must be in none
+    of the cluster's internal ones).
 author: multinode.vllm developers (@multinode)
 options:
   _input:
@@ -59,6 +61,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._firewall import (
     FirewallError,
     dynamic_ports,
     member_addresses,
+    port_overlaps,
     port_ranges,
     split_addresses,
 )
@@ -89,9 +92,16 @@ def firewall_dynamic_ports(local_port_range):
     return _wrap(dynamic_ports, local_port_range)
 
 
+def firewall_port_overlaps(port, named):
+    if not isinstance(named, dict):
+        raise AnsibleFilterError("firewall_port_overlaps: give a dict of variable name -> ports")
+    return _wrap(port_overlaps, port, named)
+
+
 class FilterModule:
     def filters(self):
         return {
+            "firewall_port_overlaps": firewall_port_overlaps,
             "firewall_members": firewall_members,
             "firewall_addresses": firewall_addresses,
             "firewall_ports": firewall_ports,

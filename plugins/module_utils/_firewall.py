@@ -120,6 +120,25 @@ def port_ranges(values: Any, variable: str) -> list[str]:
     return [str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in merged]
 
 
+def port_overlaps(port: Any, named: Mapping[str, Any]) -> list[str]:
+    """The port sets (variable name -> ports and ranges) that hold ``port``: "name (10002-19999)".
+
+    The API port is opened to the API clients (the world by default): it must not be one of the
+    ports the cluster uses internally, or the API rule would open that port too.
+    """
+    try:
+        number = int(str(port).strip())
+    except ValueError:
+        return []  # not a port: the type check says so
+    hits = []
+    for name, values in named.items():
+        for element in port_ranges(values, name):
+            low, _, high = element.partition("-")
+            if int(low) <= number <= int(high or low):
+                hits.append(f"{name} ({element})")
+    return hits
+
+
 def dynamic_ports(local_port_range: str) -> str:
     """The ports Ray, NCCL, Gloo and vLLM pick at random: from the start of the kernel's ephemeral
     range (``/proc/sys/net/ipv4/ip_local_port_range``) to 65535 (Ray draws above the range's end)."""
