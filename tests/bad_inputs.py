@@ -696,6 +696,26 @@ CASES: list[Case] = [
         "to true or false",
         lambda i: i.set(multinode_api_open="sometimes"),
     ),
+    # --- templates naming what is not there ---
+    _c(
+        "api-key-vault-var-missing",
+        "the API key taken from a vault variable that is not loaded",
+        V,
+        "names an undefined variable",
+        "multinode_api_key",
+        "define vault_multinode_api_key",
+        lambda i: i.set(multinode_api_key="{{ vault_multinode_api_key }}"),
+        more=("--ask-vault-pass",),
+    ),
+    _c(
+        "port-from-undefined-var",
+        "the API port taken from a variable nobody defines",
+        V,
+        "names an undefined variable",
+        "multinode_vllm_port",
+        "define api_port_from_elsewhere",
+        lambda i: i.set(multinode_vllm_port="{{ api_port_from_elsewhere }}"),
+    ),
     # --- the API port among the cluster's internal ports ---
     _c(
         "api-port-in-ray-worker-range",

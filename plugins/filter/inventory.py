@@ -6,8 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-# The three filters are documented beside this file: host_values.yml, duplicate_addresses.yml,
-# unresolvable_hosts.yml (a plugin file with DOCUMENTATION would shadow them).
+# The filters are documented beside this file: host_values.yml, duplicate_addresses.yml,
+# unresolvable_hosts.yml, undefined_vars.yml (a plugin file with DOCUMENTATION would shadow them).
 
 import socket
 
@@ -16,7 +16,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._checks import host
 from ansible_collections.multinode.vllm.plugins.module_utils._cluster import (
     duplicate_addresses as _duplicate_addresses,
 )
-from ansible_collections.multinode.vllm.plugins.module_utils._cluster import host_vars, unresolvable
+from ansible_collections.multinode.vllm.plugins.module_utils._cluster import host_vars, undefined_refs, unresolvable
 from jinja2 import Undefined
 
 _ADDRESS_VARS = ("ansible_host", "ansible_port", "ansible_connection")
@@ -35,6 +35,15 @@ def host_values(hostvars, hosts, rules, defaults=None):
     if not isinstance(rules, dict):
         raise AnsibleFilterError("host_values: expects a dict of rules")
     return _host_values(_read(hostvars, hosts, list(rules)), rules, dict(defaults or {}))
+
+
+def undefined_vars(hostvars, hosts, names):
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
+    try:
+        return undefined_refs(hostvars, hosts, list(names), Undefined)
+    except KeyError as exc:
+        raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
 
 
 def duplicate_addresses(hostvars, hosts):
@@ -57,6 +66,7 @@ class FilterModule:
     def filters(self):
         return {
             "host_values": host_values,
+            "undefined_vars": undefined_vars,
             "duplicate_addresses": duplicate_addresses,
             "unresolvable_hosts": unresolvable_hosts,
         }

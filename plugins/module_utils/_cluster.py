@@ -42,6 +42,27 @@ def host_vars(
     return out
 
 
+def undefined_refs(
+    hostvars: Mapping[str, Any], hosts: Iterable[str], names: Iterable[str], undefined: Any
+) -> list[dict[str, Any]]:
+    """The variables a host sets to a template that names an undefined variable (a vault variable
+    whose file was not loaded): [{var, hosts, missing}], one per variable and missing name.
+
+    Such a value reads as unset, so the product default would silently take its place (an empty
+    secret). ``missing`` is the undefined name when Ansible tells it.
+    """
+    found: dict[tuple[str, str], list[str]] = {}
+    for host in hosts:
+        source = hostvars[host]
+        for name in names:
+            if name in source:
+                value = source[name]
+                if isinstance(value, undefined):
+                    missing = str(getattr(value, "_undefined_name", None) or "a variable")
+                    found.setdefault((name, missing), []).append(str(host))
+    return [{"var": var, "missing": missing, "hosts": hs} for (var, missing), hs in found.items()]
+
+
 def duplicates(pairs: Iterable[tuple[str, Any]]) -> list[tuple[Any, list[str]]]:
     """(value, hosts) for every value more than one host has, in the order values first appear."""
     seen: dict[Any, list[str]] = {}

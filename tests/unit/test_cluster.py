@@ -324,3 +324,20 @@ all:
     }
     assert got["dups"] == ["192.0.2.11:22 (node1, node2)"]
     assert got["unresolvable"] == []  # node3 is local
+
+
+def test_a_template_naming_an_undefined_variable_is_reported_not_read_as_unset() -> None:
+    from ansible_collections.multinode.vllm.plugins.module_utils._cluster import undefined_refs
+
+    class Missing:
+        def __init__(self, name: str) -> None:
+            self._undefined_name = name
+
+    hv = {
+        "node1": {"multinode_api_key": Missing("vault_multinode_api_key"), "multinode_vllm_port": 8000},
+        "node2": {"multinode_api_key": Missing("vault_multinode_api_key")},
+        "node3": {"multinode_api_key": "set"},
+    }
+    assert undefined_refs(hv, ["node1", "node2", "node3"], ["multinode_api_key", "multinode_vllm_port"], Missing) == [
+        {"var": "multinode_api_key", "missing": "vault_multinode_api_key", "hosts": ["node1", "node2"]}
+    ]
