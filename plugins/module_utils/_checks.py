@@ -133,7 +133,7 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
         if isinstance(value, (list, tuple)) and all(
             isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
         ):
-            return None
+            return _args_items(value, rule.get("managed") or {})
         if isinstance(value, str):
             return 'a YAML list with one item per argument, e.g. ["--max-num-seqs", "64"], not one string'
         return 'a YAML list of strings, e.g. ["--max-num-seqs", "64"]'
@@ -169,6 +169,47 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
             return None
         return "a quoted string in the vault (a YAML number or list is not a key)"
     raise ValueError(f"unknown rule kind {kind!r}")
+
+
+_SECRET_FLAG = re.compile(r"key|token|secret|password", re.I)
+_HIDDEN = "<value not shown>"
+
+
+def _mask_args(value: Any) -> list[Any]:
+    """The list as a message may show it: the value of a flag that looks secret (--api-key X,
+    --hf-token=X) replaced."""
+    out: list[Any] = []
+    hide_next = False
+    for item in value:
+        text = str(item)
+        if hide_next and not text.startswith("-"):
+            out.append(_HIDDEN)
+            hide_next = False
+            continue
+        flag, eq, _val = text.partition("=")
+        hide_next = text.startswith("-") and bool(_SECRET_FLAG.search(flag)) and not eq
+        out.append(f"{flag}={_HIDDEN}" if eq and flag.startswith("-") and _SECRET_FLAG.search(flag) else item)
+    return out
+
+
+def _args_items(value: Any, managed: dict[str, str]) -> str | None:
+    """One flag or one value per item, and no flag the collection sets itself from a variable."""
+    for item in value:
+        text = str(item).strip()
+        if text.startswith("-") and "=" not in text and re.search(r"\s", text):
+            flag, rest = text.split(None, 1)
+            return f'one item per flag and per value: "{text}" is two; write "{flag}", "{rest}" as two items'
+    for item in value:
+        flag = str(item).strip().split("=", 1)[0]
+        if flag in managed:
+            source = managed[flag]
+            if re.fullmatch(r"[a-z0-9_]+", source):
+                return (
+                    f"{flag} is set by the collection from {source}, which the plan and the other nodes use: "
+                    f"set {source} instead and drop {flag} from the list"
+                )
+            return f"{flag} is set by the collection ({source}): drop {flag} from the list"
+    return None
 
 
 def secret_shape(value: Any) -> dict[str, Any]:
@@ -236,6 +277,11 @@ def invalid_vars(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, A
                 # only the type of a secret is known here, never its value
                 secret_type = str(value.get("secret_type")) if isinstance(value, dict) else ""
                 shown = "is " + _SECRET_TYPES.get(secret_type, "not a string")
+            elif rule.get("kind") == "args" and isinstance(value, (list, tuple)):
+                shown = show(_mask_args(value))
+            elif rule.get("kind") == "env" and isinstance(value, dict):
+                # names only: an environment may hold tokens (HF_TOKEN, WANDB_API_KEY ...)
+                shown = show({str(k): "<value not shown>" for k in value})
             else:
                 shown = show(value)
             key = (var, shown)

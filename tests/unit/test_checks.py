@@ -191,3 +191,16 @@ def test_cluster_settings_must_be_one_value_on_every_host() -> None:
         {"var": "multinode_vllm_port", "text": "multinode_vllm_port: 8000 on node1, node3; 8001 on node2"},
         {"var": "multinode_backend", "text": "multinode_backend: ray on node1, node2; mp on node3"},
     ]
+
+
+def test_extra_args_one_item_per_flag_no_managed_flag_and_secrets_masked() -> None:
+    rule = {"kind": "args", "managed": {"--tensor-parallel-size": "vllm_serve_tensor_parallel_size"}}
+    assert check_value(rule, ["--enable-chunked-prefill", "--max-num-seqs", "64", "--x=1"]) is None
+    assert "is two" in str(check_value(rule, ["--max-num-seqs 64"]))
+    assert "set vllm_serve_tensor_parallel_size instead" in str(check_value(rule, ["--tensor-parallel-size=4"]))
+    (problem,) = invalid_vars(
+        {"node1": {"a": ["--api-key", "sk-1", "--hf-token=hf-2", "--tensor-parallel-size", "2"]}}, {"a": rule}
+    )
+    assert "sk-1" not in problem["text"] and "hf-2" not in problem["text"], problem["text"]
+    (problem,) = invalid_vars({"node1": {"e": {"BAD-NAME": "tok-3"}}}, {"e": {"kind": "env"}})
+    assert "tok-3" not in problem["text"] and "BAD-NAME" in problem["text"]
