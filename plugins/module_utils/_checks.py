@@ -278,10 +278,12 @@ def invalid_vars(values: dict[str, dict[str, Any]], rules: dict[str, dict[str, A
                 secret_type = str(value.get("secret_type")) if isinstance(value, dict) else ""
                 shown = "is " + _SECRET_TYPES.get(secret_type, "not a string")
             elif rule.get("kind") == "args" and isinstance(value, (list, tuple)):
-                shown = show(_mask_args(value))
+                value = _mask_args(value)
+                shown = show(value)
             elif rule.get("kind") == "env" and isinstance(value, dict):
                 # names only: an environment may hold tokens (HF_TOKEN, WANDB_API_KEY ...)
-                shown = show({str(k): "<value not shown>" for k in value})
+                value = {str(k): _HIDDEN for k in value}
+                shown = show(value)
             else:
                 shown = show(value)
             key = (var, shown)
