@@ -7,7 +7,7 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 # The filters are documented beside this file: host_values.yml, duplicate_addresses.yml,
-# unresolvable_hosts.yml, undefined_vars.yml (a plugin file with DOCUMENTATION would shadow them).
+# unresolvable_hosts.yml, undefined_vars.yml, unknown_vars.yml (a plugin file with DOCUMENTATION would shadow them).
 
 import socket
 
@@ -16,7 +16,12 @@ from ansible_collections.multinode.vllm.plugins.module_utils._checks import host
 from ansible_collections.multinode.vllm.plugins.module_utils._cluster import (
     duplicate_addresses as _duplicate_addresses,
 )
-from ansible_collections.multinode.vllm.plugins.module_utils._cluster import host_vars, undefined_refs, unresolvable
+from ansible_collections.multinode.vllm.plugins.module_utils._cluster import (
+    host_vars,
+    undefined_refs,
+    unknown_names,
+    unresolvable,
+)
 from jinja2 import Undefined
 
 _ADDRESS_VARS = ("ansible_host", "ansible_port", "ansible_connection")
@@ -46,6 +51,16 @@ def undefined_vars(hostvars, hosts, names):
         raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
 
 
+def unknown_vars(hostvars, hosts, specs, known, prefixes):
+    if not isinstance(hosts, (list, tuple)):
+        raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
+    try:
+        defined = {str(h): [str(k) for k in hostvars[h].keys()] for h in hosts}
+    except KeyError as exc:
+        raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
+    return unknown_names(defined, list(specs), list(known), list(prefixes))
+
+
 def duplicate_addresses(hostvars, hosts):
     return _duplicate_addresses(_read(hostvars, hosts, _ADDRESS_VARS))
 
@@ -67,6 +82,7 @@ class FilterModule:
         return {
             "host_values": host_values,
             "undefined_vars": undefined_vars,
+            "unknown_vars": unknown_vars,
             "duplicate_addresses": duplicate_addresses,
             "unresolvable_hosts": unresolvable_hosts,
         }

@@ -63,6 +63,41 @@ def undefined_refs(
     return [{"var": var, "missing": missing, "hosts": hs} for (var, missing), hs in found.items()]
 
 
+def unknown_names(
+    defined: Mapping[str, Iterable[str]],
+    specs: Iterable[Mapping[str, Any]],
+    known: Iterable[str],
+    prefixes: Iterable[str],
+) -> list[dict[str, Any]]:
+    """Variables with one of the roles' prefixes that no role knows (a misspelling is silently
+    ignored otherwise): [{var, hosts, suggestion}], the suggestion from the known names.
+
+    ``defined``: host -> the variable names it has; ``specs``: the roles' argument_specs.yml
+    documents; ``known``: more names (the roles' defaults).
+    """
+    import difflib
+
+    names = set(known)
+    for doc in specs:
+        for entry in ((doc or {}).get("argument_specs") or {}).values():
+            names.update(((entry or {}).get("options") or {}).keys())
+    starts = tuple(prefixes)
+    found: dict[str, list[str]] = {}
+    for host, host_names in defined.items():
+        for name in host_names:
+            if name.startswith(starts) and name not in names:
+                found.setdefault(name, []).append(str(host))
+    ordered = sorted(names)
+    return [
+        {
+            "var": var,
+            "hosts": hosts,
+            "suggestion": next(iter(difflib.get_close_matches(var, ordered, n=1, cutoff=0.75)), ""),
+        }
+        for var, hosts in sorted(found.items())
+    ]
+
+
 def duplicates(pairs: Iterable[tuple[str, Any]]) -> list[tuple[Any, list[str]]]:
     """(value, hosts) for every value more than one host has, in the order values first appear."""
     seen: dict[Any, list[str]] = {}

@@ -341,3 +341,17 @@ def test_a_template_naming_an_undefined_variable_is_reported_not_read_as_unset()
     assert undefined_refs(hv, ["node1", "node2", "node3"], ["multinode_api_key", "multinode_vllm_port"], Missing) == [
         {"var": "multinode_api_key", "missing": "vault_multinode_api_key", "hosts": ["node1", "node2"]}
     ]
+
+
+def test_a_misspelt_variable_with_a_role_prefix_is_reported_with_the_closest_name() -> None:
+    from ansible_collections.multinode.vllm.plugins.module_utils._cluster import unknown_names
+
+    specs = [{"argument_specs": {"main": {"options": {"vllm_serve_max_num_seqs": {}, "multinode_model": {}}}}}]
+    defined = {
+        "node1": ["vllm_serve_max_num_seq", "multinode_model", "ansible_host", "my_own_var"],
+        "node2": ["vllm_serve_max_num_seq", "multinode_zzz"],
+    }
+    assert unknown_names(defined, specs, ["multinode_venv"], ["vllm_serve_", "multinode_"]) == [
+        {"var": "multinode_zzz", "hosts": ["node2"], "suggestion": ""},
+        {"var": "vllm_serve_max_num_seq", "hosts": ["node1", "node2"], "suggestion": "vllm_serve_max_num_seqs"},
+    ]
