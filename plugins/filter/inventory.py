@@ -55,7 +55,7 @@ def unknown_vars(hostvars, hosts, specs, known, prefixes):
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
     try:
-        defined = {str(h): [str(k) for k in hostvars[h].keys()] for h in hosts}
+        defined = {str(h): [str(k) for k in hostvars[h]] for h in hosts}
     except KeyError as exc:
         raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
     return unknown_names(defined, list(specs), list(known), list(prefixes))

@@ -13,6 +13,7 @@ count, NVLinks up, enough InfiniBand ports, one control address per node in one 
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -75,8 +76,6 @@ def unknown_names(
     ``defined``: host -> the variable names it has; ``specs``: the roles' argument_specs.yml
     documents; ``known``: more names (the roles' defaults).
     """
-    import difflib
-
     names = set(known)
     for doc in specs:
         for entry in ((doc or {}).get("argument_specs") or {}).values():
