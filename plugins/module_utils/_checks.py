@@ -37,6 +37,8 @@ from typing import Any
 
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
+_MODEL_PATH = re.compile(r"/[^\s]*[^\s/][^\s]*")
 _NUMBER = re.compile(r"^[0-9]*[.]?[0-9]+$")
 _SECRET_TYPES = {"number": "a number", "list": "a list", "mapping": "a mapping", "boolean": "a boolean", "null": "null"}
 _BOOL_STRINGS = {"true", "false", "yes", "no", "on", "off", "y", "n", "1", "0"}
@@ -55,6 +57,7 @@ CHECKS = {
     "envname": "name",
     "abspath": "path",
     "nonempty": "name",
+    "model": "name",
     "name": "name",
     "secret": "secret",
 }
@@ -160,6 +163,12 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
         if isinstance(value, str) and value.strip() and value == value.strip():
             return None
         return rule.get("want") or "a non-empty string"
+    if kind == "model":
+        # a hub id (org/name, or a legacy name without org) or an absolute path on the nodes
+        if isinstance(value, str) and (_HUB_ID.fullmatch(value) or _MODEL_PATH.fullmatch(value)):
+            if ".." not in value.split("/"):
+                return None
+        return rule.get("want") or "a Hugging Face id (org/name) or an absolute path on the nodes"
     if kind == "name":
         if isinstance(value, str) and not re.search(r"\s", value):
             return None

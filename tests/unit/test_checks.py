@@ -204,3 +204,22 @@ def test_extra_args_one_item_per_flag_no_managed_flag_and_secrets_masked() -> No
     assert "sk-1" not in problem["text"] and "hf-2" not in problem["text"], problem["text"]
     (problem,) = invalid_vars({"node1": {"e": {"BAD-NAME": "tok-3"}}}, {"e": {"kind": "env"}})
     assert "tok-3" not in problem["text"] and "BAD-NAME" in problem["text"]
+
+
+@pytest.mark.parametrize(
+    ("value", "ok"),
+    [
+        ("meta-llama/Llama-3.1-405B-Instruct", True),
+        ("gpt2", True),
+        ("/var/tmp/multinode-vllm/shared/models/tiny-llama", True),
+        ("https://huggingface.co/meta-llama/Llama-3.1-8B", False),
+        ("~/models/llama", False),
+        ("/srv/models/../../etc", False),
+        ("meta-llama/Llama 3", False),
+        ("/srv/models/llama/", True),
+        ("/", False),
+        ("", False),
+    ],
+)
+def test_model_is_a_hub_id_or_an_absolute_path(value: str, ok: bool) -> None:
+    assert (check_value({"kind": "model"}, value) is None) is ok
