@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence, Set
 from numbers import Number
 from typing import Any
 
@@ -78,20 +78,31 @@ def _type_name(value: Any) -> str:
         return "a number"
     if isinstance(value, str):
         return "a string"
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return "a mapping"
-    if isinstance(value, (list, tuple)):
+    if isinstance(value, (Sequence, Set)):
         return "a list"
-    return type(value).__name__
+    return "a value of another kind"  # never Ansible's internal class names
+
+
+def _plain(value: Any) -> Any:
+    """Plain dicts, lists and scalars (Ansible hands in its own tagged and lazy container classes)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (Sequence, Set)) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    if isinstance(value, str):
+        return str(value)
+    return value
 
 
 def show(value: Any) -> str:
     """The value as the message shows it: scalars as written, lists and mappings as JSON."""
-    if isinstance(value, (list, tuple, dict)):
+    if isinstance(value, (Mapping, Sequence, Set)) and not isinstance(value, str):
         try:
-            return json.dumps(value, sort_keys=True, default=str)
+            return json.dumps(_plain(value), sort_keys=True, default=str)
         except (TypeError, ValueError):
-            return repr(value)
+            return "(a value that cannot be shown)"
     if isinstance(value, str) and (value == "" or value != value.strip()):
         return json.dumps(value)
     return str(value)

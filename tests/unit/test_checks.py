@@ -223,3 +223,25 @@ def test_extra_args_one_item_per_flag_no_managed_flag_and_secrets_masked() -> No
 )
 def test_model_is_a_hub_id_or_an_absolute_path(value: str, ok: bool) -> None:
     assert (check_value({"kind": "model"}, value) is None) is ok
+
+
+def test_messages_never_name_internal_classes() -> None:
+    from collections import UserDict, UserList
+
+    class _AnsibleLazyTemplateDict(UserDict):  # stands for Ansible's own container classes
+        pass
+
+    class _AnsibleTaggedList(UserList):
+        pass
+
+    (problem,) = invalid_vars(
+        {"node1": {"multinode_vllm_port": _AnsibleLazyTemplateDict({"a": 1})}}, {"multinode_vllm_port": PORT}
+    )
+    assert "_Ansible" not in problem["text"] and '{"a": 1}' in problem["text"], problem["text"]
+    (problem,) = invalid_vars(
+        {"node1": {"multinode_api_key": {"secret_type": "list", "empty": False}}},
+        {"multinode_api_key": {"kind": "secret"}},
+    )
+    assert "_Ansible" not in problem["text"]
+    (problem,) = invalid_vars({"node1": {"x": _AnsibleTaggedList([1, 2])}}, {"x": {"kind": "strings"}})
+    assert "_Ansible" not in problem["text"] and "[1, 2]" in problem["text"], problem["text"]
