@@ -176,9 +176,12 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
         return rule.get("want") or "a non-empty string"
     if kind == "model":
         # a hub id (org/name, or a legacy name without org) or an absolute path on the nodes
-        if isinstance(value, str) and (_HUB_ID.fullmatch(value) or _MODEL_PATH.fullmatch(value)):
-            if ".." not in value.split("/"):
-                return None
+        if (
+            isinstance(value, str)
+            and (_HUB_ID.fullmatch(value) or _MODEL_PATH.fullmatch(value))
+            and ".." not in value.split("/")
+        ):
+            return None
         return rule.get("want") or "a Hugging Face id (org/name) or an absolute path on the nodes"
     if kind == "name":
         if isinstance(value, str) and not re.search(r"\s", value):

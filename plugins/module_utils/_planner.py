@@ -43,6 +43,9 @@ from typing import Any
 
 GIB = 1024**3
 
+#: vLLM's `--dtype` choices: the one vocabulary of the validate phase (vllm_serve_dtype) and the CLI.
+VLLM_DTYPES = ("auto", "half", "float16", "bfloat16", "float", "float32")
+
 #: Bytes per element of the dtypes vLLM accepts (`--dtype`, `--kv-cache-dtype`), by every name
 #: they go by. `fp8` as a weight dtype means "all weights in 8 bits" (an FP8 checkpoint).
 DTYPE_BYTES: dict[str, float] = {

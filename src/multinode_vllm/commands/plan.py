@@ -4,9 +4,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 
-from multinode_vllm.module_utils._planner import GIB, PlanError, load_config, plan
+from multinode_vllm.module_utils._planner import GIB, VLLM_DTYPES, PlanError, load_config, plan
+
+
+def _number(kind: type, low: float, high: float | None = None, what: str = "") -> object:
+    """An argparse type: a finite number in [low, high] (NaN, inf and negatives get a clear message)."""
+
+    def parse(text: str) -> float | int:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            bounds = f"in {low}-{high}" if high is not None else f"of at least {low}"
+            raise argparse.ArgumentTypeError(f"{text!r}: give {what} {bounds}")
+        return value
+
+    return parse
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,15 +33,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Plan a deployment from a model's config.json. Exit 0: fits; 1: does not fit; 2: bad input.",
     )
     p.add_argument("model", metavar="MODEL", help="a config.json or a model directory holding one")
-    p.add_argument("--nodes", type=int, required=True)
-    p.add_argument("--gpus-per-node", type=int, required=True)
-    p.add_argument("--gpu-memory-gib", type=float, required=True, help="memory of one GPU in GiB (80 for H100)")
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    p.add_argument("--max-model-len", type=int)
-    p.add_argument("--dtype", default="auto")
+    count = _number(int, 1, what="a whole number")
+    p.add_argument("--nodes", type=count, required=True)
+    p.add_argument("--gpus-per-node", type=count, required=True)
+    p.add_argument(
+        "--gpu-memory-gib",
+        type=_number(float, 0.001, what="a number of GiB"),
+        required=True,
+        help="memory of one GPU in GiB (80 for H100)",
+    )
+    p.add_argument("--gpu-memory-utilization", type=_number(float, 0.01, 1.0, what="a fraction"), default=0.9)
+    p.add_argument("--max-model-len", type=count)
+    p.add_argument("--dtype", default="auto", choices=VLLM_DTYPES, help="vLLM's --dtype (as vllm_serve_dtype)")
     p.add_argument("--kv-cache-dtype", default="auto")
-    p.add_argument("--tensor-parallel-size", type=int)
-    p.add_argument("--pipeline-parallel-size", type=int)
+    p.add_argument("--tensor-parallel-size", type=count)
+    p.add_argument("--pipeline-parallel-size", type=count)
     p.add_argument(
         "--backend",
         choices=["ray", "mp"],
