@@ -29,6 +29,7 @@ Rule kinds (``{"kind": ..., ...}``):
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence, Set
@@ -60,6 +61,8 @@ CHECKS = {
     "model": "name",
     "name": "name",
     "secret": "secret",
+    "cidrs": "shape",
+    "ports": "shape",
 }
 
 
@@ -174,6 +177,20 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
         if isinstance(value, str) and value.strip() and value == value.strip():
             return None
         return rule.get("want") or "a non-empty string"
+    if kind == "cidrs":
+        bad = _bad_cidrs(value)
+        if bad is None:
+            return None
+        return f'a YAML list of IPs or CIDRs, e.g. ["10.0.0.0/8", "::/0"] ({bad})'
+    if kind == "ports":
+        if rule.get("auto") and value == "auto":
+            return None
+        items = [value] if rule.get("auto") and isinstance(value, str) else value
+        bad = _bad_ports(items)
+        if bad is None:
+            return None
+        example = '"auto" or "32768-65535"' if rule.get("auto") else '[6379, "10002-19999"]'
+        return f"ports and low-high ranges in 1-65535, e.g. {example} ({bad})"
     if kind == "model":
         # a hub id (org/name, or a legacy name without org) or an absolute path on the nodes
         if (
@@ -213,6 +230,33 @@ def _mask_args(value: Any) -> list[Any]:
         hide_next = text.startswith("-") and bool(_SECRET_FLAG.search(flag)) and not eq
         out.append(f"{flag}={_HIDDEN}" if eq and flag.startswith("-") and _SECRET_FLAG.search(flag) else item)
     return out
+
+
+def _bad_cidrs(value: Any) -> str | None:
+    """None when ``value`` is a list of IPv4/IPv6 addresses or networks; else the first bad item."""
+    if not isinstance(value, (list, tuple)):
+        return "not a list"
+    for item in value:
+        try:
+            ipaddress.ip_network(str(item).strip(), strict=False)
+        except ValueError:
+            return f"{item!r} is not an IP or a CIDR"
+    return None
+
+
+def _bad_ports(value: Any) -> str | None:
+    """None when ``value`` is a list of ports and "low-high" ranges in 1-65535; else the first bad item."""
+    if not isinstance(value, (list, tuple)):
+        return "not a list"
+    for item in value:
+        if isinstance(item, bool):
+            return f"{item!r} is not a port"
+        parts = str(item).strip().split("-")
+        if len(parts) > 2 or not all(_DIGITS.match(p) and 1 <= int(p) <= 65535 for p in parts):
+            return f"{item!r} is not a port or a low-high range"
+        if len(parts) == 2 and int(parts[0]) > int(parts[1]):
+            return f"{item!r} runs from high to low"
+    return None
 
 
 def _args_items(value: Any, managed: dict[str, str]) -> str | None:
