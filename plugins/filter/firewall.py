@@ -18,8 +18,8 @@ description:
     C(ipv4) and C(ipv6), failing with the variable's name on a bad entry), C(firewall_ports)
     (ports and C(A-B) ranges merged into nftables set elements) and C(firewall_dynamic_ports)
     (the content of C(/proc/sys/net/ipv4/ip_local_port_range) to the range C(LOW-65535)) and
-    C(firewall_port_overlaps) (the named port sets that hold a port: the API port must be in none
-    of the cluster's internal ones).
+    C(firewall_port_overlaps) (the named port sets that hold a port, so that the API port can be
+    kept out of the cluster's internal ones).
 author: multinode.vllm developers (@multinode)
 options:
   _input:

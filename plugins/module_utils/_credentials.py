@@ -7,9 +7,7 @@ The API key fails closed: the key the operator gives, else one generated into
 later run, the bench phase and the CLI; no key only when the API is explicitly open.
 """
 
-from __future__ import absolute_import, division, print_function
-
-__metaclass__ = type
+from __future__ import annotations
 
 import errno
 import os
@@ -22,11 +20,11 @@ _ALPHABET = string.ascii_letters + string.digits
 KEY_LENGTH = 48
 
 
-def api_key_path(credentials_dir):
+def api_key_path(credentials_dir: str) -> str:
     return os.path.join(credentials_dir, API_KEY_FILE)
 
 
-def read_api_key(credentials_dir):
+def read_api_key(credentials_dir: str) -> str | None:
     """The generated key, or None when none was generated yet."""
     try:
         with open(api_key_path(credentials_dir)) as f:
@@ -40,7 +38,7 @@ def read_api_key(credentials_dir):
     return key
 
 
-def resolve_api_key(given, api_open, credentials_dir):
+def resolve_api_key(given: str, api_open: bool, credentials_dir: str) -> str:
     """The key vLLM serves with: ``given``, else the generated one (made now if missing); '' when open."""
     if api_open:
         return ""
@@ -51,19 +49,22 @@ def resolve_api_key(given, api_open, credentials_dir):
         return key
     if not os.path.isdir(credentials_dir):
         os.makedirs(credentials_dir, 0o700)
-    key = "".join(secrets.choice(_ALPHABET) for _ in range(KEY_LENGTH))
+    key = "".join(secrets.choice(_ALPHABET) for _i in range(KEY_LENGTH))
     try:
         # O_EXCL: two runs starting at once keep one key (the loser reads the winner's).
         fd = os.open(api_key_path(credentials_dir), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except OSError as exc:
         if exc.errno != errno.EEXIST:
             raise
-        for _ in range(50):  # the other run writes its key right after creating the file
+        for _attempt in range(50):  # the other run writes its key right after creating the file
             try:
-                return read_api_key(credentials_dir)
+                other = read_api_key(credentials_dir)
             except ValueError:
-                time.sleep(0.1)
-        return read_api_key(credentials_dir)
+                other = None
+            if other:
+                return other
+            time.sleep(0.1)
+        raise ValueError("%s stays empty: delete it to generate a new key" % api_key_path(credentials_dir)) from None
     with os.fdopen(fd, "w") as f:
         f.write(key + "\n")
     return key

@@ -133,7 +133,7 @@ def port_overlaps(port: Any, named: Mapping[str, Any]) -> list[str]:
     hits = []
     for name, values in named.items():
         for element in port_ranges(values, name):
-            low, _, high = element.partition("-")
+            low, _sep, high = element.partition("-")
             if int(low) <= number <= int(high or low):
                 hits.append(f"{name} ({element})")
     return hits
