@@ -864,13 +864,13 @@ CASES: list[Case] = [
         lambda i: i.set(cluster_firewall_open_ports=[0]),
     ),
     _c(
-        "object-store-with-unit",
-        "the object store size with a unit",
+        "object-store-as-float",
+        "the Ray object store size as 2e9 (a float)",
         V,
         "not a valid integer",
         "multinode_ray_object_store_memory",
-        "",
-        lambda i: i.set(multinode_ray_object_store_memory="2GB"),
+        "a whole number",
+        lambda i: i.set(multinode_ray_object_store_memory=2e9),
     ),
     _c(
         "max-model-len-8k",

@@ -9,7 +9,10 @@ tests/output/bad-input-fast.json (docs/bad-input.md).
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from bad_inputs import CASES, DOC, FAST, FAST_REPORT, Case, V, apply, cases, fast_inventory, local_inventory, record
@@ -44,10 +47,27 @@ def test_the_local_base_gets_past_reach_and_fabric(tmp_path: Path) -> None:
     assert out.phase == "preflight" and "lacks pynvml" in out.task, (out.task, out.msg)
 
 
+# The cases are independent ansible-playbook runs that mostly wait on Python start-up and SSH-less
+# templating: they run WORKERS at a time, once, before the first case's test reads its outcome.
+WORKERS = int(os.environ.get("MNV_BAD_INPUT_WORKERS", "3"))
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("bad-input")
+
+    def one(case: Case) -> Any:
+        base = fast_inventory() if case.phase == V else local_inventory()
+        return run(apply(case, base).write(root / case.id), *PLAYBOOKS)
+
+    selected = cases(FAST)
+    with ThreadPoolExecutor(max_workers=max(1, WORKERS)) as pool:
+        return dict(zip([c.id for c in selected], pool.map(one, selected), strict=True))
+
+
 @pytest.mark.parametrize("case", cases(FAST), ids=lambda c: c.id)
-def test_bad_input_stops_early_naming_the_variable_and_the_fix(tmp_path: Path, case: Case) -> None:
-    base = fast_inventory() if case.phase == V else local_inventory()
-    out = run(apply(case, base).write(tmp_path / case.id), *PLAYBOOKS)
+def test_bad_input_stops_early_naming_the_variable_and_the_fix(outcomes: dict[str, Any], case: Case) -> None:
+    out = outcomes[case.id]
     record(FAST_REPORT, case, out)
     problems = out.problems(case)
     assert not problems, f"{case.id}: {problems}\ntask: {out.task}\nmsg: {out.msg}\nstderr: {out.stderr[-2000:]}"

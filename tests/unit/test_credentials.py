@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,7 +57,16 @@ def test_the_lookup_serves_the_same_key(tmp_path: Path) -> None:
     )
     env = {**os.environ, "ANSIBLE_CONFIG": str(Path(PROJECT_DIR) / "ansible.cfg")}
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", "localhost,", "-c", "local", str(play)],
+        [
+            str(BIN / "ansible-playbook"),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(play),
+        ],
         capture_output=True,
         text=True,
         env=env,

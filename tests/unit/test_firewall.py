@@ -305,7 +305,7 @@ def test_docker_runtime_mounts_the_token_file_and_a_given_token_wins(tmp_path: P
         multinode_credentials_dir=str(tmp_path / "c"),
     )
     head = r["node1"]
-    assert head["token"] == "given-ray-token" and not (tmp_path / "c").exists()
+    assert head["token"] == "given-ray-token" and not (tmp_path / "c" / "ray-auth-token").exists()
     mount = "/etc/multinode-vllm/ray-auth-token:/etc/multinode-vllm/ray-auth-token:ro"
     assert head["token_volumes"] == [mount] and mount in head["vllm_volumes"]
     assert head["ray_python"] == ["docker", "exec", "ray-head", "python3"]  # the container has the env
