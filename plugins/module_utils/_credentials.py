@@ -13,7 +13,7 @@ import errno
 import os
 import secrets
 import string
-import time
+import tempfile
 
 API_KEY_FILE = "api-key"
 _ALPHABET = string.ascii_letters + string.digits
@@ -47,24 +47,21 @@ def resolve_api_key(given: str, api_open: bool, credentials_dir: str) -> str:
     key = read_api_key(credentials_dir)
     if key:
         return key
-    if not os.path.isdir(credentials_dir):
-        os.makedirs(credentials_dir, 0o700)
+    os.makedirs(credentials_dir, 0o700, exist_ok=True)
     key = "".join(secrets.choice(_ALPHABET) for _i in range(KEY_LENGTH))
+    # Written whole to a private temporary file, then linked into place: the link fails if another
+    # run (or another host's fork of this one) was first, and the file is never seen half written.
+    fd, tmp = tempfile.mkstemp(dir=credentials_dir, prefix=".api-key.")
     try:
-        # O_EXCL: two runs starting at once keep one key (the loser reads the winner's).
-        fd = os.open(api_key_path(credentials_dir), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except OSError as exc:
-        if exc.errno != errno.EEXIST:
-            raise
-        for _attempt in range(50):  # the other run writes its key right after creating the file
-            try:
-                other = read_api_key(credentials_dir)
-            except ValueError:
-                other = None
-            if other:
-                return other
-            time.sleep(0.1)
-        raise ValueError("%s stays empty: delete it to generate a new key" % api_key_path(credentials_dir)) from None
-    with os.fdopen(fd, "w") as f:
-        f.write(key + "\n")
+        with os.fdopen(fd, "w") as f:
+            f.write(key + "\n")
+        os.chmod(tmp, 0o600)
+        try:
+            os.link(tmp, api_key_path(credentials_dir))
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            return read_api_key(credentials_dir) or key
+    finally:
+        os.unlink(tmp)
     return key

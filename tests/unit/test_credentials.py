@@ -26,6 +26,17 @@ def test_no_key_generates_one_0600_and_reuses_it(tmp_path: Path) -> None:
     assert read_api_key(str(creds)) == key
 
 
+def test_runs_at_once_agree_on_one_key_and_never_see_it_half_written(tmp_path: Path) -> None:
+    """Every host of a play evaluates the lookup in its own fork at the same moment."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    creds = str(tmp_path / ".credentials")
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        keys = set(pool.map(lambda _n: resolve_api_key("", False, creds), range(64)))
+    assert keys == {read_api_key(creds)}, keys
+    assert sorted(os.listdir(creds)) == ["api-key"]  # no temporary file left
+
+
 def test_given_key_wins_and_writes_nothing(tmp_path: Path) -> None:
     assert resolve_api_key("from-the-vault", False, str(tmp_path / "c")) == "from-the-vault"
     assert not (tmp_path / "c").exists()
