@@ -27,13 +27,22 @@ from jinja2 import Undefined
 _ADDRESS_VARS = ("ansible_host", "ansible_port", "ansible_connection")
 
 
-def _read(hostvars, hosts, names):
+def _per_host(read, hostvars, hosts, *args):
+    """``read(hostvars, hosts, *args)`` with the filters' one message for a bad host list or host."""
     if not isinstance(hosts, (list, tuple)):
         raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
     try:
-        return host_vars(hostvars, hosts, names, Undefined)
+        return read(hostvars, hosts, *args)
     except KeyError as exc:
         raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
+
+
+def _read(hostvars, hosts, names):
+    return _per_host(host_vars, hostvars, hosts, names, Undefined)
+
+
+def _names(hostvars, hosts):
+    return {str(h): [str(k) for k in hostvars[h]] for h in hosts}
 
 
 def host_values(hostvars, hosts, rules, defaults=None):
@@ -43,21 +52,11 @@ def host_values(hostvars, hosts, rules, defaults=None):
 
 
 def undefined_vars(hostvars, hosts, names):
-    if not isinstance(hosts, (list, tuple)):
-        raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
-    try:
-        return undefined_refs(hostvars, hosts, list(names), Undefined)
-    except KeyError as exc:
-        raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
+    return _per_host(undefined_refs, hostvars, hosts, list(names), Undefined)
 
 
 def unknown_vars(hostvars, hosts, specs, known, prefixes):
-    if not isinstance(hosts, (list, tuple)):
-        raise AnsibleFilterError("give the list of hosts to read, e.g. groups['vllm_cluster']")
-    try:
-        defined = {str(h): [str(k) for k in hostvars[h]] for h in hosts}
-    except KeyError as exc:
-        raise AnsibleFilterError("no such host in hostvars: %s" % exc) from exc
+    defined = _per_host(_names, hostvars, hosts)
     return unknown_names(defined, list(specs), list(known), list(prefixes))
 
 
