@@ -137,7 +137,7 @@ def main():
             api_key=dict(type="str", default="", no_log=True),
             prompt=dict(type="str", default="Say hello."),
             count=dict(type="int", default=8),
-            max_tokens=dict(type="int", default=8),
+            max_tokens=dict(type="int", default=8, no_log=False),
             timeout=dict(type="int", default=120),
         ),
         supports_check_mode=True,

@@ -208,5 +208,4 @@ def test_mp_backend_serves_data_parallel_2_one_engine_per_node(
 
     recap, _ = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (rerun)", extra=DP)
     assert set(recap.values()) == {0}, recap
-    play(run_ansible, bed, "playbooks/teardown.yml", phase="teardown (data parallel)", extra=DP)
     print(f"[mp phases] {json.dumps(PHASES)}")

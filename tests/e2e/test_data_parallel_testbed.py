@@ -1,0 +1,104 @@
+"""Data parallel 2 on the ray backend, on the local test bed (mnv, left serving by the CLI tests).
+
+site.yml with vllm_serve_data_parallel_size=2, TP 1 x PP 1: `vllm serve` on the head only, with
+`--data-parallel-backend ray --data-parallel-size 2 --data-parallel-size-local 1`; vLLM places the
+second engine as a Ray actor on the other node. The serve gate checks every engine's
+finished-request counter; 20 chat completions sent at once move both engines' counters (read with
+prometheus_client's parser); a rerun changes nothing. The mp backend's data parallel runs in
+test_mp_backend_testbed.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from multinode_vllm.module_utils._metrics import engine_metrics
+
+from multinode_vllm import PROJECT_DIR
+
+pytestmark = pytest.mark.e2e
+
+pytest.importorskip("multinode_vllm.testbed.nodeenv")
+
+INVENTORY = str(PROJECT_DIR / "inventories" / "local")
+DP = {
+    "multinode_backend": "ray",
+    "vllm_serve_data_parallel_size": 2,
+    "vllm_serve_tensor_parallel_size": 1,
+    "vllm_serve_pipeline_parallel_size": 1,
+}
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def endpoint() -> tuple[str, str]:
+    """The head's base URL and the API key, as the CLI resolves them (the status JSON)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "multinode_vllm", "up", "--json"],  # reuses the running bed
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**os.environ, "CI": "true"},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from multinode_vllm.commands.bench import api_key_for, head_host, inventory_vars
+
+    head = head_host(inventory_vars(INVENTORY))
+    key = api_key_for(INVENTORY, inventory_vars(INVENTORY, head))
+    assert key, "the local test bed serves with an API key"
+    return json.loads(proc.stdout)["run"]["endpoint"].removesuffix("/v1"), key
+
+
+def chat(url: str, key: str) -> str:
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
+    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(), headers)
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return str(json.loads(resp.read())["choices"][0]["message"]["content"])
+
+
+def success_by_engine(url: str) -> dict[str, float]:
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
+        return {e: r.get("success", 0.0) for e, r in engine_metrics(resp.read().decode()).items()}
+
+
+def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callable[..., Any]) -> None:
+    url, key = endpoint()
+    proc = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(DP), timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "every engine served" in proc.stdout, proc.stdout[-3000:]
+    unit = run_ansible("ansible", "-i", INVENTORY, "node1", "-m", "ansible.builtin.command", "-a", "systemctl cat vllm")
+    for flag in ('"--data-parallel-size" "2"', '"--data-parallel-size-local" "1"', '"--data-parallel-backend" "ray"'):
+        assert flag in unit.stdout, unit.stdout[-3000:]
+    assert "--headless" not in unit.stdout and "--nnodes" not in unit.stdout
+    # the second engine is a Ray actor on the other node
+    ps = run_ansible("ansible", "-i", INVENTORY, "node2", "-m", "ansible.builtin.command", "-a", "ps -eo args")
+    assert "EngineCoreActor" in ps.stdout, ps.stdout[-3000:]
+
+    before = success_by_engine(url)
+    assert set(before) == {"0", "1"}, before
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda: answers.append(chat(url, key))) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = success_by_engine(url)
+    print(f"[ray dp2] finished requests per engine before {before}, after 20 at once {after}")
+    assert len(answers) == 20 and all(answers)
+    assert after["0"] > before["0"] and after["1"] > before["1"], (before, after)
+    assert sum(after.values()) - sum(before.values()) == 20
+
+    rerun = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(DP), timeout=1200)
+    assert rerun.returncode == 0, rerun.stdout[-6000:]
+    changed = {m[0]: int(m[2]) for m in RECAP.findall(rerun.stdout)}
+    assert set(changed.values()) == {0}, changed
