@@ -702,8 +702,6 @@ def plan(
     dp = 1 if dp_given is None else dp_given
     # The shape the caller left open: the first candidate that fits, else the first that plans at all.
     blamed = "pipeline_parallel_size" if tp_given is None and pp_given is not None else "tensor_parallel_size"
-    if dp > 1 and tp_given is None and pp_given is None:
-        blamed = "data_parallel_size"
     planned: list[dict[str, Any]] = []
     first_error: PlanError | None = None
     chosen: dict[str, Any] | None = None
@@ -783,6 +781,8 @@ def _plan_shape(
         )
     problem = check_parallel(tp, pp, nodes, gpus_per_node, backend, names, dp)
     if problem:
+        if dp > 1 and gpus_per_node % (tp * pp) == 0:
+            blamed = "data_parallel_size"  # whole replicas on a node, but too many or (mp) too few of them
         raise PlanError(blamed, problem)
     if pp > layers:
         raise PlanError("pipeline_parallel_size", f"{pp} stages for {layers} layers: use at most {layers}")
