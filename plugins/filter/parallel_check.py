@@ -86,7 +86,12 @@ def _size(value, name, allow_none=False):
 
 
 def parallel_check(
-    tensor_parallel_size, pipeline_parallel_size=None, nodes=None, gpus_per_node=None, backend="ray", data_parallel_size=1
+    tensor_parallel_size,
+    pipeline_parallel_size=None,
+    nodes=None,
+    gpus_per_node=None,
+    backend="ray",
+    data_parallel_size=1,
 ):
     if backend not in BACKENDS:
         raise AnsibleFilterError("parallel_check: backend must be one of %s, got %r" % (", ".join(BACKENDS), backend))

@@ -509,7 +509,11 @@ def default_parallel(
         stages = 1 if pp is None else pp
         if tp is None:
             tp = next(
-                (t for t in range(gpus_per_node, 0, -1) if gpus_per_node % (t * stages) == 0 and dp * t * stages <= gpus),
+                (
+                    t
+                    for t in range(gpus_per_node, 0, -1)
+                    if gpus_per_node % (t * stages) == 0 and dp * t * stages <= gpus
+                ),
                 1,
             )
         return tp, stages
@@ -660,7 +664,7 @@ def plan(
         None if pipeline_parallel_size is None else _positive_int(pipeline_parallel_size, "pipeline_parallel_size")
     )
     dp_given = None if data_parallel_size is None else _positive_int(data_parallel_size, "data_parallel_size")
-    common = {
+    common: dict[str, Any] = {
         "nodes": nodes,
         "gpus_per_node": gpus_per_node,
         "backend": backend,

@@ -149,7 +149,11 @@ def test_llama_8b_data_parallel_16_over_2x8(backend: str) -> None:
         cfg("llama-3.1-8b"), nodes=2, gpus_per_node=8, gpu_memory_bytes=H100, data_parallel_size=16, backend=backend
     )
     # DP 16 leaves TP = PP = 1: a whole replica per GPU
-    assert (result["data_parallel_size"], result["tensor_parallel_size"], result["pipeline_parallel_size"]) == (16, 1, 1)
+    assert (result["data_parallel_size"], result["tensor_parallel_size"], result["pipeline_parallel_size"]) == (
+        16,
+        1,
+        1,
+    )
     assert result["parameters"] == 8_030_261_248
     assert result["weight_bytes_per_gpu"] == 16_060_522_496
     # free: 77,309,411,328 − 16,060,522,496 − 2,147,483,648 = 59,101,405,184 bytes;
@@ -165,7 +169,11 @@ def test_llama_8b_data_parallel_16_over_2x8(backend: str) -> None:
 def test_planner_proposes_data_parallel_when_a_replica_fits_a_node() -> None:
     result = plan(cfg("llama-3.1-8b"), nodes=2, gpus_per_node=8, gpu_memory_bytes=H100)
     # TP 1 holds the weights and a 131,072-token sequence (above): 16 replicas
-    assert (result["data_parallel_size"], result["tensor_parallel_size"], result["pipeline_parallel_size"]) == (16, 1, 1)
+    assert (result["data_parallel_size"], result["tensor_parallel_size"], result["pipeline_parallel_size"]) == (
+        16,
+        1,
+        1,
+    )
     assert result["layout_reason"].startswith("proposed: one replica fits on 1 GPU of a node")
     assert "16 replicas (data_parallel_size=16)" in result["layout_reason"]
 
@@ -265,10 +273,8 @@ def test_spare_gpus_with_data_parallel_follow_the_backend_rule() -> None:
 def test_cli_data_and_expert_parallel(capsys: pytest.CaptureFixture[str]) -> None:
     mixtral = str(MODELS / "mixtral-8x7b")
     common = ["--nodes", "2", "--gpus-per-node", "8", "--gpu-memory-gib", "80"]
-    rc = main(
-        ["plan", mixtral, *common, "--data-parallel-size", "2", "--tensor-parallel-size", "4"]
-        + ["--pipeline-parallel-size", "2", "--enable-expert-parallel"]
-    )
+    layout = ["--data-parallel-size", "2", "--tensor-parallel-size", "4", "--pipeline-parallel-size", "2"]
+    rc = main(["plan", mixtral, *common, *layout, "--enable-expert-parallel"])
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "2 × 4 × 2 = 16 of 16 GPUs" in out
@@ -299,8 +305,10 @@ def test_filters_take_data_parallel_through_ansible() -> None:
         " enable_expert_parallel=true)).weight_bytes_per_gpu] }}"
     )
     proc = subprocess.run(
-        [str(bin_dir / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "debug", "-a", f"msg={expr}"]
-        + ["-e", f"model={MODELS / 'mixtral-8x7b'}"],
+        [
+            *(str(bin_dir / "ansible"), "localhost", "-i", "localhost,", "-c", "local", "-m", "debug"),
+            *("-a", f"msg={expr}", "-e", f"model={MODELS / 'mixtral-8x7b'}"),
+        ],
         capture_output=True,
         text=True,
         env=env,

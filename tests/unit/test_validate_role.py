@@ -128,7 +128,11 @@ def test_405b_on_two_8xh100_nodes_passes_and_shows_the_plan(tmp_path: Path) -> N
             # DP 2: one 405B replica per node, TP 8: 94.5 GiB of weights per GPU
             inventory(["node1"], ["node2"]),
             {"vllm_serve_data_parallel_size": 2},
-            ["does not fit", "94.5 GiB of weights", "vllm_serve_data_parallel_size=1 with vllm_serve_pipeline_parallel_size"],
+            [
+                "does not fit",
+                "94.5 GiB of weights",
+                "vllm_serve_data_parallel_size=1 with vllm_serve_pipeline_parallel_size",
+            ],
             id="data-parallel-replica-does-not-fit",
         ),
         pytest.param(
