@@ -25,13 +25,23 @@ this equals the pooled free memory divided by the model's KV bytes per token,
 It fits when every GPU has room left for KV cache and that room holds at least one sequence of
 max_model_len tokens.
 
+Data parallel (DP, ``data_parallel_size``): DP replicas of the model, each on TP x PP GPUs within one
+node (vLLM places a DP rank's workers on one node), each with the memory above and its own KV cache;
+the cluster's KV cache is DP times one replica's. Expert parallel (``enable_expert_parallel``, MoE
+models): the routed experts of each MoE layer are split over the DP x TP ranks, a rank holding
+ceil(experts / (DP x TP)) of them, while attention, router, shared experts and embeddings stay
+sharded by TP and replicated over DP (vLLM's FusedMoE).
+
 The cluster's shape (``check_parallel``, one rule for the validate role, the vllm_serve role and
 this planner): TP x PP may never need more GPUs than the cluster has. With the ray backend it may
 use fewer (the GPUs left over stay idle in the Ray cluster, spare); with the mp backend it must use
 every GPU, because vLLM starts on every node (``--nnodes``) and splits the TP x PP ranks evenly over
-the nodes (``local_world_size = world_size // nnodes`` in vLLM's ParallelConfig). Where TP or PP is
+the nodes (``local_world_size = world_size // nnodes`` in vLLM's ParallelConfig). With DP > 1 the same
+rule holds for DP x TP x PP, and TP x PP must divide a node's GPUs (whole replicas). Where TP or PP is
 not given the planner chooses (``parallel_candidates``): TP = GPUs per node and PP = nodes, never
-more stages than the model has layers, and a shape that fits before one that does not.
+more stages than the model has layers, and a shape that fits before one that does not. With none
+of DP, TP and PP given, ``plan`` first tries one replica per node-local TP (smallest first) and DP
+over the rest of the GPUs, and falls back to one replica over the nodes (TP within, PP across).
 """
 
 from __future__ import annotations
@@ -680,6 +690,7 @@ def plan(
 
     proposing = tp_given is None and pp_given is None and dp_given is None
     replica_tried: dict[str, Any] | None = None
+    too_many_ranks = False
     if proposing:
         # A replica within one node, with the fewest GPUs that hold it: then DP makes replicas of the rest.
         for tp in range(1, gpus_per_node + 1):
@@ -687,6 +698,7 @@ def plan(
             if gpus_per_node % tp or not _tp_fits_heads(tp, shape):
                 continue
             if enable_expert_parallel and dp * tp > shape["num_experts"]:
+                too_many_ranks = True
                 continue
             try:
                 result = _plan_shape(config, shape, tp=tp, pp=1, dp=dp, blamed="tensor_parallel_size", **common)
@@ -727,7 +739,12 @@ def plan(
         raise first_error
     if proposing:
         why = "no TP within a node holds one replica"
-        if replica_tried is not None:
+        if replica_tried is None and too_many_ranks:
+            why = (
+                f"replicas on every GPU would make {nodes * gpus_per_node} expert-parallel ranks (DP x TP) for "
+                f"the model's {shape['num_experts']} experts"
+            )
+        elif replica_tried is not None:
             why = (
                 f"one replica does not fit on a node's {gpus_per_node} GPUs ({n['tp']}="
                 f"{replica_tried['tensor_parallel_size']}: {_gib(replica_tried['weight_bytes_per_gpu'])} of weights "

@@ -319,3 +319,17 @@ def test_filters_take_data_parallel_through_ansible() -> None:
     flat = " ".join(proc.stdout.split())
     assert "vllm_serve_data_parallel_size=4" in flat
     assert "6038554624" in flat
+
+
+def test_mixtral_proposals_with_and_without_expert_parallel() -> None:
+    # No EP: TP 1 cannot hold 93.4 GB of weights in a 72 GiB budget; TP 2 holds 43.5 GiB per GPU and
+    # leaves room for 32,768-token sequences → 8 replicas of TP 2.
+    plain = plan(cfg("mixtral-8x7b"), nodes=2, gpus_per_node=8, gpu_memory_bytes=H100)
+    assert (plain["data_parallel_size"], plain["tensor_parallel_size"], plain["pipeline_parallel_size"]) == (8, 2, 1)
+    assert plain["weight_bytes_per_gpu"] == MIXTRAL_PARAMS * 2 // 2  # 2 bytes each, halved by TP 2
+    # EP: whole replicas on all 16 GPUs always make DP x TP = 16 ranks for 8 experts, so the planner
+    # falls back to one replica over the nodes, TP 8 x PP 2 (EP 8, one expert per GPU), and says why.
+    ep = plan(cfg("mixtral-8x7b"), nodes=2, gpus_per_node=8, gpu_memory_bytes=H100, enable_expert_parallel=True)
+    assert (ep["data_parallel_size"], ep["tensor_parallel_size"], ep["pipeline_parallel_size"]) == (1, 8, 2)
+    assert (ep["expert_parallel_size"], ep["experts_per_gpu"]) == (8, 1)
+    assert "16 expert-parallel ranks (DP x TP) for the model's 8 experts" in ep["layout_reason"]
