@@ -8,12 +8,19 @@ second stage) brought back by one rerun; teardown. Phase times are printed (pyte
 No API key is given (a custom inventory without one): the collection fails closed, generating a key
 into the inventory's .credentials/api-key (0600) on the controller; the endpoint answers 401 without
 it and 200 with it. status with multinode_api_open=true warns.
+
+Then, on the same bed (torn down by the first test), data parallel 2 on the mp backend: one replica
+(TP 1 x PP 1) per node, `--data-parallel-size 2 --data-parallel-size-local 1` on both and
+`--headless --data-parallel-start-rank 1` on the worker; the serve gate checks each engine's
+finished-request counter in /metrics; 20 more chat completions sent at once move both engines'
+counters; a rerun changes nothing.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multinode_vllm.module_utils._metrics import engine_metrics
 
 from multinode_vllm import testbed as tb
 from multinode_vllm.testbed.tinymodel import make_tiny_llama
@@ -46,9 +54,11 @@ def bed() -> Iterator[tb.Testbed]:
         tb.down(NAME)
 
 
-def play(run_ansible: Callable[..., Any], bed: tb.Testbed, *playbooks: str, phase: str) -> tuple[dict[str, int], str]:
+def play(
+    run_ansible: Callable[..., Any], bed: tb.Testbed, *playbooks: str, phase: str, extra: dict[str, Any] = MP
+) -> tuple[dict[str, int], str]:
     t0 = time.monotonic()
-    proc = run_ansible("ansible-playbook", "-i", str(bed.inventory), *playbooks, "-e", json.dumps(MP), timeout=900)
+    proc = run_ansible("ansible-playbook", "-i", str(bed.inventory), *playbooks, "-e", json.dumps(extra), timeout=900)
     PHASES[phase] = round(time.monotonic() - t0, 1)
     print(f"\n[mp phase] {phase}: {PHASES[phase]} s")
     assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
@@ -148,4 +158,55 @@ def test_mp_backend_serves_pp2_across_two_nodes_and_recovers(bed: tb.Testbed, ru
     for i in (1, 2):
         assert sh(bed, i, "systemctl is-active vllm").strip() != "active"
     assert (Path(bed.shared_dir) / "models" / "tiny-llama" / "config.json").exists()
+    print(f"[mp phases] {json.dumps(PHASES)}")
+
+
+DP = {
+    **MP,
+    "vllm_serve_data_parallel_size": 2,
+    "vllm_serve_tensor_parallel_size": 1,
+    "vllm_serve_pipeline_parallel_size": 1,
+}
+
+
+def success_by_engine(bed: tb.Testbed) -> dict[str, float]:
+    """Each engine's finished requests, from the head's /metrics (prometheus_client's parser)."""
+    req = urllib.request.Request(f"http://{bed.node(1).mgmt_ip}:8000/metrics")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return {e: r.get("success", 0.0) for e, r in engine_metrics(resp.read().decode()).items()}
+
+
+def test_mp_backend_serves_data_parallel_2_one_engine_per_node(
+    bed: tb.Testbed, run_ansible: Callable[..., Any]
+) -> None:
+    _, first = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (from torn down)", extra=DP)
+    assert "every engine served" in first, first[-3000:]
+    head, worker = sh(bed, 1, "systemctl cat vllm"), sh(bed, 2, "systemctl cat vllm")
+    head_ip = bed.node(1).ips["bond0"]
+    for unit in (head, worker):
+        assert '"--data-parallel-size" "2"' in unit and '"--data-parallel-size-local" "1"' in unit
+        assert f'"--data-parallel-address" "{head_ip}"' in unit and '"--data-parallel-rpc-port" "29550"' in unit
+        assert '"--nnodes"' not in unit
+    assert '"--headless" "--data-parallel-start-rank" "1"' in worker
+    assert '"--headless"' not in head and "--data-parallel-start-rank" not in head
+    # the worker's node runs engine 1 (vLLM names its process EngineCore_DP1)
+    assert "EngineCore_DP1" in sh(bed, 2, "journalctl -u vllm --no-pager")
+
+    before = success_by_engine(bed)
+    assert set(before) == {"0", "1"}, before
+    answers: list[str] = []
+    threads = [threading.Thread(target=lambda: answers.append(chat(bed))) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    after = success_by_engine(bed)
+    print(f"[mp dp2] finished requests per engine before {before}, after 20 at once {after}")
+    assert len(answers) == 20 and all(answers)
+    assert after["0"] > before["0"] and after["1"] > before["1"], (before, after)
+    assert sum(after.values()) - sum(before.values()) == 20
+
+    recap, _ = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (rerun)", extra=DP)
+    assert set(recap.values()) == {0}, recap
+    play(run_ansible, bed, "playbooks/teardown.yml", phase="teardown (data parallel)", extra=DP)
     print(f"[mp phases] {json.dumps(PHASES)}")

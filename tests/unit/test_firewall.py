@@ -216,8 +216,9 @@ def test_ruleset_protects_ray_nccl_vllm_ports_for_members_and_nft_accepts_it(tmp
     plan = r["node1"]["plan"]
     assert plan == r["node2"]["plan"]  # the same ruleset on every node
     assert plan["members"] == {"ipv4": [HEAD, WORKER, RAIL["node1"], RAIL["node2"], "192.0.2.5"], "ipv6": []}
-    # GCS, Ray client + worker ports (merged), dashboard agent, mp master port, ephemeral..65535
-    assert plan["protected"] == ["6379", "10001-19999", "29501", "32768-65535"]
+    # GCS, Ray client + worker ports (merged), dashboard agent, mp master port, data-parallel RPC
+    # port, ephemeral..65535
+    assert plan["protected"] == ["6379", "10001-19999", "29501", "29550", "32768-65535"]
     assert plan["loopback"] == ["8265"] and plan["open"] == ["22", "9100"] and plan["api_port"] == "8000"
     assert plan["api_clients"] == {"ipv4": ["198.51.100.0/24"], "ipv6": []}
     rules = r["node1"]["firewall.nft"]
