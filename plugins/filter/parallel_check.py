@@ -8,12 +8,14 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: parallel_check
-short_description: Does tensor x pipeline parallel fit the cluster's GPUs
+short_description: Does data x tensor x pipeline parallel fit the cluster's GPUs
 description:
   - The one TP x PP rule of the collection (the validate and vllm_serve roles, the planner).
   - Needing more GPUs than O(nodes) x O(gpus_per_node) is refused. Using fewer is fine with the
     C(ray) backend (the rest stay idle, spare in the Ray cluster; C(note) says how many) and
     refused with C(mp), where vLLM runs on every node (C(--nnodes)) and must use every GPU.
+  - With O(data_parallel_size) above 1 each replica (TP x PP GPUs) must lie whole within a node (TP x PP
+    divides the GPUs per node), and DP x TP x PP obeys the same rule (with C(mp) DP x TP x PP uses every GPU).
   - An omitted size is chosen as the roles default it, TP = GPUs per node, PP = the stages the
     remaining GPUs make.
   - The messages name the inventory variables (C(vllm_serve_tensor_parallel_size),
@@ -35,6 +37,10 @@ options:
     description: GPUs each node gives the cluster.
     type: int
     required: true
+  data_parallel_size:
+    description: Replicas (data parallel); 1 for one replica that may span the nodes.
+    type: int
+    default: 1
   backend:
     description: C(ray) or C(mp).
     type: str
@@ -57,8 +63,8 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: >-
-    tensor_parallel_size and pipeline_parallel_size (as given or chosen), gpus (the cluster's),
-    gpus_used (TP x PP), problem (the message, empty when the shape is fine) and note (the GPUs
+    data_parallel_size, tensor_parallel_size and pipeline_parallel_size (as given or chosen), gpus
+    (the cluster's), gpus_used (DP x TP x PP), problem (the message, empty when the shape is fine) and note (the GPUs
     left idle, empty when none).
   type: dict
 """
@@ -79,7 +85,14 @@ def _size(value, name, allow_none=False):
     return number
 
 
-def parallel_check(tensor_parallel_size, pipeline_parallel_size=None, nodes=None, gpus_per_node=None, backend="ray"):
+def parallel_check(
+    tensor_parallel_size,
+    pipeline_parallel_size=None,
+    nodes=None,
+    gpus_per_node=None,
+    backend="ray",
+    data_parallel_size=1,
+):
     if backend not in BACKENDS:
         raise AnsibleFilterError("parallel_check: backend must be one of %s, got %r" % (", ".join(BACKENDS), backend))
     return parallel_shape(
@@ -88,6 +101,7 @@ def parallel_check(tensor_parallel_size, pipeline_parallel_size=None, nodes=None
         _size(nodes, "nodes"),
         _size(gpus_per_node, "gpus_per_node"),
         backend,
+        dp=_size(data_parallel_size, "data_parallel_size"),
     )
 
 

@@ -8,10 +8,12 @@ __metaclass__ = type
 
 DOCUMENTATION = r"""
 name: vllm_plan
-short_description: Check tensor x pipeline parallel and weights + KV cache against a cluster
+short_description: Check data, tensor and pipeline parallel and weights + KV cache against a cluster
 description:
   - Computes the parameter count and KV cache bytes per token from a model's C(config.json),
-    then checks that TP x PP matches the GPUs and that weights and KV cache fit in GPU memory.
+    then checks that DP x TP x PP matches the GPUs and that weights and KV cache fit in GPU memory.
+  - With data parallel every replica (TP x PP GPUs) lies within one node and holds its own KV cache;
+    with expert parallel the routed experts are split over the DP x TP ranks.
   - Fails with a message naming the variable to change when the input is invalid.
   - The TP x PP rule alone is the C(parallel_check) filter (the same function).
 author: multinode.vllm developers (@multinode)
@@ -51,6 +53,16 @@ options:
       - Pipeline parallel size. When omitted, the planner chooses - the stages the GPUs make, at most one
         per layer of the model - preferring a shape that fits.
     type: int
+  data_parallel_size:
+    description:
+      - Replicas of the model, each TP x PP GPUs within one node. When it, TP and PP are all omitted
+        the planner proposes the layout (C(layout_reason) says why) - the smallest TP within a node that
+        holds a replica and DP over the remaining GPUs, else one replica with PP across the nodes.
+    type: int
+  enable_expert_parallel:
+    description: Split a MoE model's experts over the DP x TP ranks; refused on a dense model.
+    type: bool
+    default: false
   backend:
     description:
       - C(ray) lets TP x PP leave GPUs of the cluster idle (a note says how many); C(mp) needs TP x PP
@@ -69,8 +81,10 @@ EXAMPLES = r"""
 RETURN = r"""
 _value:
   description: >-
-    The plan, with tensor_parallel_size, pipeline_parallel_size, gpus, gpus_used, weight_bytes,
-    kv_bytes_per_token, kv_cache_tokens, fits, reason and notes.
+    The plan, with data_parallel_size, tensor_parallel_size, pipeline_parallel_size,
+    enable_expert_parallel, expert_parallel_size, experts_per_gpu, gpus, gpus_used, weight_bytes,
+    kv_bytes_per_token, kv_cache_tokens (one replica), kv_cache_tokens_total, fits, reason,
+    layout_reason and notes.
   type: dict
 """
 

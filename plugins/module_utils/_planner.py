@@ -25,13 +25,23 @@ this equals the pooled free memory divided by the model's KV bytes per token,
 It fits when every GPU has room left for KV cache and that room holds at least one sequence of
 max_model_len tokens.
 
+Data parallel (DP, ``data_parallel_size``): DP replicas of the model, each on TP x PP GPUs within one
+node (vLLM places a DP rank's workers on one node), each with the memory above and its own KV cache;
+the cluster's KV cache is DP times one replica's. Expert parallel (``enable_expert_parallel``, MoE
+models): the routed experts of each MoE layer are split over the DP x TP ranks, a rank holding
+ceil(experts / (DP x TP)) of them, while attention, router, shared experts and embeddings stay
+sharded by TP and replicated over DP (vLLM's FusedMoE).
+
 The cluster's shape (``check_parallel``, one rule for the validate role, the vllm_serve role and
 this planner): TP x PP may never need more GPUs than the cluster has. With the ray backend it may
 use fewer (the GPUs left over stay idle in the Ray cluster, spare); with the mp backend it must use
 every GPU, because vLLM starts on every node (``--nnodes``) and splits the TP x PP ranks evenly over
-the nodes (``local_world_size = world_size // nnodes`` in vLLM's ParallelConfig). Where TP or PP is
+the nodes (``local_world_size = world_size // nnodes`` in vLLM's ParallelConfig). With DP > 1 the same
+rule holds for DP x TP x PP, and TP x PP must divide a node's GPUs (whole replicas). Where TP or PP is
 not given the planner chooses (``parallel_candidates``): TP = GPUs per node and PP = nodes, never
-more stages than the model has layers, and a shape that fits before one that does not.
+more stages than the model has layers, and a shape that fits before one that does not. With none
+of DP, TP and PP given, ``plan`` first tries one replica per node-local TP (smallest first) and DP
+over the rest of the GPUs, and falls back to one replica over the nodes (TP within, PP across).
 """
 
 from __future__ import annotations
@@ -228,6 +238,37 @@ def model_shape(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _mlp(config: dict[str, Any], hidden: int, intermediate: int) -> tuple[int, int]:
+    """(linear, bias) parameters of one gated MLP (gate, up, down)."""
+    bias = 2 * intermediate + hidden if config.get("mlp_bias") else 0
+    return 3 * hidden * intermediate, bias
+
+
+def _is_sparse(config: dict[str, Any], s: dict[str, Any], layer: int) -> bool:
+    """Whether decoder layer `layer` is a MoE layer (DeepSeek's first dense layers, Qwen's sparse step)."""
+    return (
+        s["num_experts"] > 0
+        and layer >= int(config.get("first_k_dense_replace") or 0)
+        and layer not in (config.get("mlp_only_layers") or [])
+        and (layer + 1) % int(config.get("decoder_sparse_step") or 1) == 0
+        and layer % int(config.get("moe_layer_freq") or 1) == 0
+    )
+
+
+def routed_expert_parameters(config: dict[str, Any], layer: int) -> tuple[int, int]:
+    """(linear, bias) parameters of the routed experts of decoder layer `layer`; (0, 0) in a dense layer.
+
+    What expert parallel splits over its ranks; the router and the shared experts stay with the
+    dense weights (sharded by TP, replicated over DP), as vLLM's FusedMoE places them.
+    """
+    config = text_config(config)
+    s = model_shape(config)
+    if not _is_sparse(config, s, layer):
+        return 0, 0
+    lin, bias = _mlp(config, s["hidden_size"], config.get("moe_intermediate_size") or s["intermediate_size"])
+    return s["num_experts"] * lin, s["num_experts"] * bias
+
+
 def _layer_parameters(config: dict[str, Any], layer: int) -> tuple[int, int]:
     """(linear, other) parameters of decoder layer `layer`: linear weights are what quantization shrinks."""
     s = model_shape(config)
@@ -264,25 +305,14 @@ def _layer_parameters(config: dict[str, Any], layer: int) -> tuple[int, int]:
             other += 2 * s["head_dim"]  # q_norm, k_norm
 
     def mlp(intermediate: int) -> tuple[int, int]:
-        bias = 2 * intermediate + hidden if config.get("mlp_bias") else 0
-        return 3 * hidden * intermediate, bias  # gate, up, down
+        return _mlp(config, hidden, intermediate)
 
     experts = s["num_experts"]
-    dense_first = int(config.get("first_k_dense_replace") or 0)
-    sparse_step = int(config.get("decoder_sparse_step") or 1)
-    mlp_only = config.get("mlp_only_layers") or []
-    sparse = (
-        experts > 0
-        and layer >= dense_first
-        and layer not in mlp_only
-        and (layer + 1) % sparse_step == 0
-        and layer % int(config.get("moe_layer_freq") or 1) == 0
-    )
-    if sparse:
+    if _is_sparse(config, s, layer):
         expert_size = config.get("moe_intermediate_size") or s["intermediate_size"]
-        lin, bias = mlp(expert_size)
-        linear += experts * lin
-        other += experts * bias
+        lin, bias = routed_expert_parameters(config, layer)
+        linear += lin
+        other += bias
         other += hidden * experts  # router (kept in high precision by quantized checkpoints)
         if config.get("topk_method") == "noaux_tc":
             other += experts  # e_score_correction_bias
@@ -355,12 +385,16 @@ def stage_layers(num_layers: int, pp: int) -> list[int]:
 PARALLEL_NAMES = {
     "tp": "vllm_serve_tensor_parallel_size",
     "pp": "vllm_serve_pipeline_parallel_size",
+    "dp": "vllm_serve_data_parallel_size",
+    "ep": "vllm_serve_enable_expert_parallel",
     "backend": "multinode_backend",
     "gpus": "validate_gpus_per_node (multinode_ray_num_gpus when the inventory sets it)",
 }
 PLANNER_NAMES = {
     "tp": "tensor_parallel_size",
     "pp": "pipeline_parallel_size",
+    "dp": "data_parallel_size",
+    "ep": "enable_expert_parallel",
     "backend": "backend",
     "gpus": "gpus_per_node",
 }
@@ -368,15 +402,26 @@ BACKENDS = ("ray", "mp")
 
 
 def check_parallel(
-    tp: int, pp: int, nodes: int, gpus_per_node: int, backend: str = "ray", names: dict[str, str] | None = None
+    tp: int,
+    pp: int,
+    nodes: int,
+    gpus_per_node: int,
+    backend: str = "ray",
+    names: dict[str, str] | None = None,
+    dp: int = 1,
 ) -> str | None:
-    """What is wrong with running TP x PP on ``nodes`` x ``gpus_per_node`` GPUs, or None.
+    """What is wrong with running DP x TP x PP on ``nodes`` x ``gpus_per_node`` GPUs, or None.
 
     More GPUs than the cluster has: refused for both backends. Fewer: fine with ``ray`` (see
     ``idle_gpus``), refused with ``mp`` (vLLM runs on every node and must use every GPU).
+    With DP > 1 every replica (TP x PP GPUs) lies whole within one node, as vLLM places a data
+    parallel rank's workers (``--data-parallel-size-local`` engines per node with mp, one
+    placement group per rank with ray): TP x PP must divide the GPUs of a node.
     """
     n = {**PARALLEL_NAMES, **(names or {})}
     gpus = nodes * gpus_per_node
+    if dp > 1:
+        return _check_data_parallel(tp, pp, nodes, gpus_per_node, backend, n, dp)
     need = tp * pp
     shape = (
         f"{n['tp']}={tp} x {n['pp']}={pp} = {need} GPUs, but the cluster has {nodes} nodes x {gpus_per_node} GPUs "
@@ -394,30 +439,94 @@ def check_parallel(
     return None
 
 
-def idle_gpus(
-    tp: int, pp: int, nodes: int, gpus_per_node: int, backend: str = "ray", names: dict[str, str] | None = None
+def _check_data_parallel(
+    tp: int, pp: int, nodes: int, gpus_per_node: int, backend: str, n: dict[str, str], dp: int
 ) -> str | None:
-    """A note when TP x PP leaves GPUs of the cluster idle (ray backend), else None."""
+    """check_parallel's rule for DP > 1: whole replicas within a node, DP x TP x PP within the GPUs."""
+    gpus = nodes * gpus_per_node
+    replica = tp * pp
+    shape = (
+        f"{n['dp']}={dp} x {n['tp']}={tp} x {n['pp']}={pp} = {dp * replica} GPUs on {nodes} nodes x "
+        f"{gpus_per_node} GPUs = {gpus}"
+    )
+    if replica > gpus_per_node:
+        return (
+            f"{shape}: a replica (TP x PP = {replica} GPUs) is wider than a node ({gpus_per_node} GPUs), and with "
+            f"data parallel each replica runs whole on one node. Fix: make {n['tp']} x {n['pp']} one of "
+            f"{_divisors(gpus_per_node)} (usually TP = {gpus_per_node}, PP = 1); or set {n['dp']}=1 and spread "
+            f"one replica over the nodes with {n['pp']}."
+        )
+    if gpus_per_node % replica:
+        return (
+            f"{shape}: a node's {gpus_per_node} GPUs do not hold whole replicas of TP x PP = {replica} GPUs. "
+            f"Fix: make {n['tp']} x {n['pp']} one of {_divisors(gpus_per_node)}."
+        )
+    most = gpus // replica
+    if dp > most:
+        return (
+            f"{shape}: {dp} replicas of {replica} GPUs need {dp * replica}, more than the cluster has. Fix: set "
+            f"{n['dp']} to at most {most} (whole replicas of {replica} GPUs); or correct {n['gpus']}."
+        )
+    if dp < most and backend == "mp":
+        return (
+            f"{shape}: with {n['backend']}=mp every node runs the same number of engines "
+            f"(--data-parallel-size-local) and must use every GPU. Fix: set {n['dp']}={most} "
+            f"({most // nodes} replicas per node); or set {n['backend']}=ray, where the {gpus - dp * replica} GPUs "
+            f"left over stay idle as spare Ray capacity."
+        )
+    return None
+
+
+def idle_gpus(
+    tp: int,
+    pp: int,
+    nodes: int,
+    gpus_per_node: int,
+    backend: str = "ray",
+    names: dict[str, str] | None = None,
+    dp: int = 1,
+) -> str | None:
+    """A note when DP x TP x PP leaves GPUs of the cluster idle (ray backend), else None."""
     n = {**PARALLEL_NAMES, **(names or {})}
     gpus = nodes * gpus_per_node
-    need = tp * pp
+    need = dp * tp * pp
     if need >= gpus or backend == "mp":
         return None
+    used = f"{n['dp']}={dp} x " if dp > 1 else ""
     return (
-        f"{n['tp']}={tp} x {n['pp']}={pp} uses {need} of the {gpus} GPUs of the cluster ({nodes} nodes x "
+        f"{used}{n['tp']}={tp} x {n['pp']}={pp} uses {need} of the {gpus} GPUs of the cluster ({nodes} nodes x "
         f"{gpus_per_node}): {gpus - need} GPUs stay idle, spare capacity in the Ray cluster ({n['backend']}=ray)"
     )
 
 
 def default_parallel(
-    nodes: int, gpus_per_node: int, backend: str = "ray", tp: int | None = None, pp: int | None = None
+    nodes: int,
+    gpus_per_node: int,
+    backend: str = "ray",
+    tp: int | None = None,
+    pp: int | None = None,
+    dp: int = 1,
 ) -> tuple[int, int]:
     """TP and PP where the caller leaves them unset (None), knowing nothing of the model.
 
     Both unset: TP = GPUs per node, PP = nodes. TP alone: the stages the GPUs make (at least 1).
     PP alone: TP = GPUs per node, or with mp the TP that uses every GPU.
+    With DP > 1 (replicas within a node): PP = 1 unless given, and TP the largest that makes whole
+    replicas on a node with the DP x TP x PP GPUs the cluster has (1 when none does).
     """
     gpus = nodes * gpus_per_node
+    if dp > 1:
+        stages = 1 if pp is None else pp
+        if tp is None:
+            tp = next(
+                (
+                    t
+                    for t in range(gpus_per_node, 0, -1)
+                    if gpus_per_node % (t * stages) == 0 and dp * t * stages <= gpus
+                ),
+                1,
+            )
+        return tp, stages
     if tp is None:
         full = pp is not None and backend == "mp" and gpus % pp == 0
         return (gpus // pp if full and pp else gpus_per_node), (nodes if pp is None else pp)
@@ -433,20 +542,22 @@ def parallel_shape(
     gpus_per_node: int,
     backend: str = "ray",
     names: dict[str, str] | None = None,
+    dp: int = 1,
 ) -> dict[str, Any]:
-    """The shape TP x PP takes on the cluster (unset ones as ``default_parallel`` chooses), and its verdict.
+    """The shape DP x TP x PP takes on the cluster (unset ones as ``default_parallel`` chooses), and its verdict.
 
     ``problem``: ``check_parallel``'s text, "" when the shape is fine; ``note``: ``idle_gpus``, "" when
     every GPU is used.
     """
-    tp, pp = default_parallel(nodes, gpus_per_node, backend, tp, pp)
+    tp, pp = default_parallel(nodes, gpus_per_node, backend, tp, pp, dp)
     return {
+        "data_parallel_size": dp,
         "tensor_parallel_size": tp,
         "pipeline_parallel_size": pp,
         "gpus": nodes * gpus_per_node,
-        "gpus_used": tp * pp,
-        "problem": check_parallel(tp, pp, nodes, gpus_per_node, backend, names) or "",
-        "note": idle_gpus(tp, pp, nodes, gpus_per_node, backend, names) or "",
+        "gpus_used": dp * tp * pp,
+        "problem": check_parallel(tp, pp, nodes, gpus_per_node, backend, names, dp) or "",
+        "note": idle_gpus(tp, pp, nodes, gpus_per_node, backend, names, dp) or "",
     }
 
 
@@ -462,14 +573,18 @@ def parallel_candidates(
     backend: str = "ray",
     tp: int | None = None,
     pp: int | None = None,
+    dp: int = 1,
 ) -> list[tuple[int, int]]:
     """The (TP, PP) shapes to try, best first: the first is the usual one (its errors are the plan's).
 
     What the caller gives stays. The usual shape (``default_parallel``) never has more stages than
     the model has layers (ray: PP capped at num_hidden_layers). When both are unset, the shapes that
     use every GPU with at most one stage per layer follow (TP across nodes, most stages first), so
-    that the planner can prefer one that fits; with mp they are the only ones allowed.
+    that the planner can prefer one that fits; with mp they are the only ones allowed. With DP > 1
+    the one shape of whole replicas on a node (``default_parallel``).
     """
+    if dp > 1:
+        return [default_parallel(nodes, gpus_per_node, backend, tp, pp, dp)]
     layers = shape["num_hidden_layers"]
     gpus = nodes * gpus_per_node
     first_tp, first_pp = default_parallel(nodes, gpus_per_node, backend, tp, pp)
@@ -503,6 +618,8 @@ def plan(
     dtype: str = "auto",
     tensor_parallel_size: int | None = None,
     pipeline_parallel_size: int | None = None,
+    data_parallel_size: int | None = None,
+    enable_expert_parallel: bool = False,
     kv_cache_dtype: str = "auto",
     overhead_bytes_per_gpu: int = DEFAULT_OVERHEAD_BYTES_PER_GPU,
     backend: str = "ray",
@@ -510,9 +627,13 @@ def plan(
 ) -> dict[str, Any]:
     """Plan a deployment; raise PlanError for invalid input, return `fits` False when it does not fit.
 
-    ``backend`` (ray or mp) decides whether TP x PP may leave GPUs idle (``check_parallel``); where
-    TP or PP is None the planner chooses (``parallel_candidates``), preferring a shape that fits.
-    ``names``: what the shape's messages call TP, PP, the backend and the GPUs (PLANNER_NAMES).
+    ``backend`` (ray or mp) decides whether DP x TP x PP may leave GPUs idle (``check_parallel``).
+    Where TP or PP is None the planner chooses (``parallel_candidates``), preferring a shape that
+    fits. With none of DP, TP and PP given it proposes the layout (``layout_reason`` says why): the
+    smallest TP within a node that holds one replica, and as many replicas (DP) as the GPUs make;
+    when no replica fits on a node, one replica over the nodes, TP within a node and PP across them.
+    ``enable_expert_parallel`` (MoE models only) splits the routed experts over the DP x TP ranks.
+    ``names``: what the shape's messages call TP, PP, DP, EP, the backend and the GPUs (PLANNER_NAMES).
     """
     config = text_config(config)
     nodes = _positive_int(nodes, "nodes")
@@ -539,44 +660,106 @@ def plan(
 
     if backend not in BACKENDS:
         raise PlanError("backend", f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")
+    n = {**PLANNER_NAMES, **(names or {})}
+    if not isinstance(enable_expert_parallel, bool):
+        raise PlanError("enable_expert_parallel", f"must be true or false, got {enable_expert_parallel!r}")
+    if enable_expert_parallel and not shape["num_experts"]:
+        raise PlanError(
+            "enable_expert_parallel",
+            f"{n['ep']}=true, but the model is dense (its config.json has no num_local_experts, num_experts or "
+            f"n_routed_experts): expert parallel splits the experts of a MoE model. Fix: set {n['ep']}=false",
+        )
     tp_given = None if tensor_parallel_size is None else _positive_int(tensor_parallel_size, "tensor_parallel_size")
     pp_given = (
         None if pipeline_parallel_size is None else _positive_int(pipeline_parallel_size, "pipeline_parallel_size")
     )
+    dp_given = None if data_parallel_size is None else _positive_int(data_parallel_size, "data_parallel_size")
+    common: dict[str, Any] = {
+        "nodes": nodes,
+        "gpus_per_node": gpus_per_node,
+        "backend": backend,
+        "ep": enable_expert_parallel,
+        "gpu_memory_bytes": gpu_memory_bytes,
+        "utilization": utilization,
+        "max_model_len": max_model_len,
+        "weight_dtype": weight_dtype,
+        "kv_dtype": kv_dtype,
+        "overhead_bytes_per_gpu": overhead_bytes_per_gpu,
+        "names": {**PLANNER_NAMES, **(names or {})},
+    }
+
+    proposing = tp_given is None and pp_given is None and dp_given is None
+    replica_tried: dict[str, Any] | None = None
+    too_many_ranks = False
+    if proposing:
+        # A replica within one node, with the fewest GPUs that hold it: then DP makes replicas of the rest.
+        for tp in range(1, gpus_per_node + 1):
+            dp = nodes * gpus_per_node // tp
+            if gpus_per_node % tp or not _tp_fits_heads(tp, shape):
+                continue
+            if enable_expert_parallel and dp * tp > shape["num_experts"]:
+                too_many_ranks = True
+                continue
+            try:
+                result = _plan_shape(config, shape, tp=tp, pp=1, dp=dp, blamed="tensor_parallel_size", **common)
+            except PlanError:
+                continue
+            if result["fits"]:
+                result["layout_reason"] = (
+                    f"proposed: one replica fits on {tp} GPU{'s' if tp > 1 else ''} of a node "
+                    f"({n['tp']}={tp}, the smallest that holds the weights and a {result['max_model_len']:,}-token "
+                    f"sequence), so the {nodes * gpus_per_node} GPUs serve {dp} replicas ({n['dp']}={dp}): data "
+                    f"parallel multiplies throughput and no request waits on another node; pipeline stages would "
+                    f"only add hops"
+                )
+                return result
+            replica_tried = result  # the widest replica a node holds: the one that came closest
+
+    dp = 1 if dp_given is None else dp_given
     # The shape the caller left open: the first candidate that fits, else the first that plans at all.
     blamed = "pipeline_parallel_size" if tp_given is None and pp_given is not None else "tensor_parallel_size"
     planned: list[dict[str, Any]] = []
     first_error: PlanError | None = None
-    for tp, pp in parallel_candidates(shape, nodes, gpus_per_node, backend, tp_given, pp_given):
+    chosen: dict[str, Any] | None = None
+    for tp, pp in parallel_candidates(shape, nodes, gpus_per_node, backend, tp_given, pp_given, dp):
         try:
-            result = _plan_shape(
-                config,
-                shape,
-                tp=tp,
-                pp=pp,
-                nodes=nodes,
-                gpus_per_node=gpus_per_node,
-                backend=backend,
-                blamed=blamed,
-                gpu_memory_bytes=gpu_memory_bytes,
-                utilization=utilization,
-                max_model_len=max_model_len,
-                weight_dtype=weight_dtype,
-                kv_dtype=kv_dtype,
-                overhead_bytes_per_gpu=overhead_bytes_per_gpu,
-                names=names or PLANNER_NAMES,
-            )
+            result = _plan_shape(config, shape, tp=tp, pp=pp, dp=dp, blamed=blamed, **common)
         except PlanError as exc:
             first_error = first_error or exc
             continue
         if result["fits"]:
-            return result
+            chosen = result
+            break
         planned.append(result)
-    if planned:
-        return planned[0]
-    if first_error is None:  # parallel_candidates always yields one shape
-        raise PlanError("model", "no tensor x pipeline parallel shape to plan")
-    raise first_error
+    if chosen is None and planned:
+        chosen = planned[0]
+    if chosen is None:
+        if first_error is None:  # parallel_candidates always yields one shape
+            raise PlanError("model", "no tensor x pipeline parallel shape to plan")
+        raise first_error
+    if proposing:
+        why = "no TP within a node holds one replica"
+        if replica_tried is None and too_many_ranks:
+            why = (
+                f"replicas on every GPU would make {nodes * gpus_per_node} expert-parallel ranks (DP x TP) for "
+                f"the model's {shape['num_experts']} experts"
+            )
+        elif replica_tried is not None:
+            why = (
+                f"one replica does not fit on a node's {gpus_per_node} GPUs ({n['tp']}="
+                f"{replica_tried['tensor_parallel_size']}: {_gib(replica_tried['weight_bytes_per_gpu'])} of weights "
+                f"per GPU of a {_gib(replica_tried['gpu_budget_bytes'])} budget, KV cache for "
+                f"{replica_tried['kv_cache_tokens']:,} tokens, max_model_len {replica_tried['max_model_len']:,})"
+            )
+        chosen["layout_reason"] = (
+            f"proposed: {why}; so one replica spans the nodes: {n['tp']}={chosen['tensor_parallel_size']} "
+            f"within a node and {n['pp']}={chosen['pipeline_parallel_size']} stages across them"
+        )
+    else:
+        chosen["layout_reason"] = "as given" + (
+            "" if tp_given is not None and pp_given is not None else " (unset sizes as the roles default them)"
+        )
+    return chosen
 
 
 def _plan_shape(
@@ -585,6 +768,8 @@ def _plan_shape(
     *,
     tp: int,
     pp: int,
+    dp: int,
+    ep: bool,
     nodes: int,
     gpus_per_node: int,
     backend: str,
@@ -597,7 +782,7 @@ def _plan_shape(
     overhead_bytes_per_gpu: int,
     names: dict[str, str],
 ) -> dict[str, Any]:
-    """The plan of one TP x PP shape (plan's inputs already checked)."""
+    """The plan of one DP x TP x PP shape (plan's inputs already checked); the memory is one replica's."""
     dense_bytes = DTYPE_BYTES[weight_dtype]
     kv_elem = DTYPE_BYTES[kv_dtype]
     quant = quantized_weight_bytes(config)
@@ -615,11 +800,26 @@ def _plan_shape(
             f"{tp} neither divides nor is a multiple of num_key_value_heads={kv_heads}: "
             f"use a divisor of {kv_heads} or a multiple of it that divides {heads}",
         )
-    problem = check_parallel(tp, pp, nodes, gpus_per_node, backend, names)
+    problem = check_parallel(tp, pp, nodes, gpus_per_node, backend, names, dp)
     if problem:
+        if dp > 1 and gpus_per_node % (tp * pp) == 0:
+            blamed = "data_parallel_size"  # whole replicas on a node, but too many or (mp) too few of them
         raise PlanError(blamed, problem)
     if pp > layers:
         raise PlanError("pipeline_parallel_size", f"{pp} stages for {layers} layers: use at most {layers}")
+    experts = shape["num_experts"]
+    ep_size = dp * tp if ep else 1
+    if ep and ep_size > experts:
+        raise PlanError(
+            "enable_expert_parallel",
+            f"expert parallel splits the {experts} experts of each MoE layer over {names['dp']} x {names['tp']} = "
+            f"{dp} x {tp} = {ep_size} ranks: {ep_size - experts} ranks would hold no expert. Fix: make "
+            f"{names['dp']} x {names['tp']} at most {experts} (e.g. fewer, wider replicas, or pipeline stages); or "
+            f"set {names['ep']}=false to shard every expert over TP instead",
+        )
+    # Expert parallel: a rank holds ceil(E / EP) of each MoE layer's experts (vLLM gives the remainder
+    # to the first ranks), so the fullest rank bounds the plan.
+    experts_per_rank = -(-experts // ep_size) if ep else experts
     limit = max_context(config)
     seq_len = limit if max_model_len is None else _positive_int(max_model_len, "max_model_len")
     if seq_len > limit:
@@ -629,6 +829,11 @@ def _plan_shape(
     b = parameter_breakdown(config)
     params = parameter_count(config)
     layer_bytes = [lin * linear_bytes + other * dense_bytes for lin, other in b["layers"]]
+    # The routed experts' share of each layer: split over EP ranks under expert parallel, over TP otherwise.
+    expert_bytes = []
+    for index in range(layers):
+        lin, other = routed_expert_parameters(config, index)
+        expert_bytes.append(lin * linear_bytes + other * dense_bytes)
     weight_bytes = int(sum(layer_bytes) + (b["embeddings"] + b["lm_head"] + b["final_norm"]) * dense_bytes)
 
     # KV cache per token: the whole model, and one GPU's share of one layer.
@@ -652,7 +857,13 @@ def _plan_shape(
             # Tied embeddings still need their own copy on the last stage when PP > 1.
             head = b["lm_head"] or (b["embeddings"] if pp > 1 else 0)
             stage_bytes += (head + b["final_norm"]) * dense_bytes
-        per_gpu = math.ceil(stage_bytes / tp)
+        if ep:
+            stage_experts = sum(expert_bytes[start : start + count])
+            per_gpu = math.ceil((stage_bytes - stage_experts) / tp) + math.ceil(
+                stage_experts * experts_per_rank / experts
+            )
+        else:
+            per_gpu = math.ceil(stage_bytes / tp)
         free = budget - per_gpu - overhead_bytes_per_gpu
         per_token_gpu = int(count * kv_layer_gpu)
         stages.append(
@@ -670,14 +881,23 @@ def _plan_shape(
     binding = min(stages, key=lambda st: st["kv_cache_tokens"])
     weights_per_gpu = worst["weight_bytes_per_gpu"]
     kv_cache_tokens = min(st["kv_cache_tokens"] for st in stages)
-    kv_total = sum(st["kv_cache_bytes_per_gpu"] for st in stages) * tp
+    # Every replica holds its own KV cache: the cluster's is DP times one replica's.
+    kv_total = sum(st["kv_cache_bytes_per_gpu"] for st in stages) * tp * dp
     # Smallest number of these GPUs that holds the weights at all (even split, same overhead).
     room = budget - overhead_bytes_per_gpu
     min_gpus = math.ceil(weight_bytes / room) if room > 0 else None
     where = f"each GPU of stage {stages.index(worst) + 1} of {pp}" if pp > 1 else "each GPU"
 
     # What would help, in the order people reach for it; only the remedies that can work.
-    remedies = ["add nodes", "use GPUs with more memory"]
+    remedies = []
+    if dp > 1:
+        if tp * pp < gpus_per_node:
+            remedies.append(f"fewer, wider replicas (a larger {names['tp']}, a smaller {names['dp']})")
+        else:
+            remedies.append(f"{names['dp']}=1 with {names['pp']} stages across the nodes")
+    if experts and not ep and dp > 1:
+        remedies.append(f"{names['ep']}=true (experts split over the {dp * tp} DP x TP ranks)")
+    remedies += ["add nodes", "use GPUs with more memory"]
     if utilization < 0.95:
         remedies.append("raise gpu_memory_utilization")
     if dense_bytes > 1:
@@ -712,8 +932,10 @@ def _plan_shape(
             f"{_gib(worst['kv_cache_bytes_per_gpu'])} per GPU for KV cache: {kv_cache_tokens:,} tokens, "
             f"{kv_cache_tokens / seq_len:.1f} sequences of {seq_len:,}"
         )
+        if dp > 1:
+            reason += f" per replica, {dp} replicas: {dp * kv_cache_tokens:,} tokens in all"
     notes = []
-    idle = idle_gpus(tp, pp, nodes, gpus_per_node, backend, names)
+    idle = idle_gpus(tp, pp, nodes, gpus_per_node, backend, names, dp)
     if idle:
         notes.append(idle)
     qc = config.get("quantization_config")
@@ -722,10 +944,17 @@ def _plan_shape(
             f"quantization {qc.get('quant_method')!r} is unknown to the planner: weights counted at {weight_dtype}"
         )
     return {
+        "data_parallel_size": dp,
         "tensor_parallel_size": tp,
         "pipeline_parallel_size": pp,
+        "enable_expert_parallel": ep,
+        # EP ranks (DP x TP) and the routed experts per MoE layer the fullest rank holds; 0 when dense.
+        "expert_parallel_size": ep_size if ep else None,
+        "num_experts": experts,
+        "experts_per_gpu": experts_per_rank,
         "gpus": gpus,
-        "gpus_used": tp * pp,
+        "gpus_per_replica": tp * pp,
+        "gpus_used": dp * tp * pp,
         "backend": backend,
         "dtype": weight_dtype,
         "quantization": quant[0] if quant else None,
@@ -737,10 +966,12 @@ def _plan_shape(
         "overhead_bytes_per_gpu": overhead_bytes_per_gpu,
         "kv_bytes_per_token": kv_bytes_per_token,
         "kv_cache_bytes": kv_total,
+        # One replica's KV cache (what a sequence can use), and the cluster's over every replica.
         "kv_cache_tokens": kv_cache_tokens,
+        "kv_cache_tokens_total": kv_cache_tokens * dp,
         "max_model_len": seq_len,
         "model_max_len": limit,
-        "max_concurrent_sequences": kv_cache_tokens // seq_len,
+        "max_concurrent_sequences": kv_cache_tokens // seq_len * dp,
         "min_gpus_for_weights": min_gpus,
         "stages": stages,
         "fits": fits,

@@ -70,7 +70,10 @@ def test_8b_parameters() -> None:
 
 
 def test_tiny_model_pp2() -> None:
-    result = plan(cfg("tiny-llama"), nodes=2, gpus_per_node=1, gpu_memory_bytes=8 * GIB, max_model_len=512)
+    # data_parallel_size=1: one replica over both nodes (left unset, the planner proposes DP 2, see below)
+    result = plan(
+        cfg("tiny-llama"), nodes=2, gpus_per_node=1, gpu_memory_bytes=8 * GIB, max_model_len=512, data_parallel_size=1
+    )
     assert (result["tensor_parallel_size"], result["pipeline_parallel_size"]) == (1, 2)
     assert result["kv_bytes_per_token"] == 2 * 2 * 2 * 32 * 2
     assert result["fits"] is True
@@ -267,15 +270,17 @@ def test_unset_sizes_default_like_the_roles() -> None:
 
 
 def test_planner_never_picks_more_stages_than_layers() -> None:
-    # the tiny model has 2 layers: PP = nodes = 8 would be "8 stages for 2 layers"
+    # the tiny model has 2 layers: PP = nodes = 8 would be "8 stages for 2 layers" (one replica: DP 1,
+    # as the validate role plans with vllm_serve_data_parallel_size at its default)
+    one = {"nodes": 8, "gpus_per_node": 1, "gpu_memory_bytes": 8 * GIB, "data_parallel_size": 1}
     for backend in ("ray", "mp"):
-        result = plan(cfg("tiny-llama"), nodes=8, gpus_per_node=1, gpu_memory_bytes=8 * GIB, backend=backend)
+        result = plan(cfg("tiny-llama"), backend=backend, **one)
         assert result["pipeline_parallel_size"] <= 2, backend
         assert result["fits"] is True
-    ray = plan(cfg("tiny-llama"), nodes=8, gpus_per_node=1, gpu_memory_bytes=8 * GIB)
+    ray = plan(cfg("tiny-llama"), **one)
     assert (ray["tensor_parallel_size"], ray["pipeline_parallel_size"], ray["gpus_used"]) == (1, 2, 2)
     assert any("6 GPUs stay idle" in n for n in ray["notes"])
-    mp = plan(cfg("tiny-llama"), nodes=8, gpus_per_node=1, gpu_memory_bytes=8 * GIB, backend="mp")
+    mp = plan(cfg("tiny-llama"), backend="mp", **one)
     assert (mp["tensor_parallel_size"], mp["pipeline_parallel_size"], mp["gpus_used"]) == (4, 2, 8)
 
 

@@ -51,7 +51,8 @@ def test_deepseek_v3_mla_fp8() -> None:
     # 671B without the multi-token-prediction layer, as DeepSeek publishes it.
     assert 670.5e9 < parameter_count(config) < 671.5e9
     assert quantized_weight_bytes(config) == ("fp8", 1)
-    result = plan(config, nodes=2, gpus_per_node=8, gpu_memory_bytes=H200, max_model_len=32768)
+    # one replica over both nodes (DP 1): TP 8 x PP 2
+    result = plan(config, nodes=2, gpus_per_node=8, gpu_memory_bytes=H200, max_model_len=32768, data_parallel_size=1)
     # MLA caches one latent of kv_lora_rank + qk_rope_head_dim per layer: 61 · (512 + 64) · 2 bytes.
     assert result["kv_bytes_per_token"] == 61 * 576 * 2 == 70_272
     # FP8 linear layers: the weights are about one byte per parameter, not two.
@@ -59,6 +60,13 @@ def test_deepseek_v3_mla_fp8() -> None:
     assert [s["layers"] for s in result["stages"]] == [31, 30]
     assert result["fits"] is True
     assert max_context(config) == 163_840  # 4096 original × yarn factor 40
+    # left to the planner: ~625 GiB of FP8 weights fit one node of 8 H200 (8 x 0.9 x 141 GB = 945 GiB), so it
+    # proposes two replicas of TP 8 rather than pipeline stages across the nodes
+    proposed = plan(config, nodes=2, gpus_per_node=8, gpu_memory_bytes=H200, max_model_len=32768)
+    shape = (proposed["data_parallel_size"], proposed["tensor_parallel_size"], proposed["pipeline_parallel_size"])
+    assert shape == (2, 8, 1)
+    assert proposed["fits"] is True
+    assert "one replica fits on 8 GPUs of a node" in proposed["layout_reason"]
 
 
 def test_deepseek_v3_on_one_h100_node_does_not_fit() -> None:

@@ -189,6 +189,7 @@ def test_native_ray_backend_renders_the_seed_command_lines(tmp_path: Path) -> No
     assert p["--max-num-batched-tokens"] == "65536" and p["--served-model-name"] == "llama"
     assert "--enforce-eager" in v and v[-1] == "--enable-chunked-prefill=False"
     assert "--max-num-seqs" not in v and "--nnodes" not in v and "--trust-remote-code" not in v
+    assert "--enable-expert-parallel" not in v  # off by default
     assert head["runs_here"] is True and worker["runs_here"] is False
     assert head["node_ips"] == [HEAD, WORKER] and head["expected_gpus"] == 16
     # Ray token auth: the client gets the mode and the token file's path, never the token
@@ -218,8 +219,16 @@ def test_native_ray_backend_renders_the_seed_command_lines(tmp_path: Path) -> No
 
 
 def test_mp_backend_runs_on_every_node_with_ranks_and_headless_workers(tmp_path: Path) -> None:
-    r = render(tmp_path, multinode_runtime="native", multinode_backend="mp", vllm_serve_tensor_parallel_size=8)
+    r = render(
+        tmp_path,
+        multinode_runtime="native",
+        multinode_backend="mp",
+        vllm_serve_tensor_parallel_size=8,
+        vllm_serve_enable_expert_parallel=True,
+    )
     head, worker = argpairs(r["node1"]["vllm_args"]), argpairs(r["node2"]["vllm_args"])
+    # the expert-parallel switch reaches every node's vllm serve
+    assert all("--enable-expert-parallel" in r[h]["vllm_args"] for h in ("node1", "node2"))
     assert head["--nnodes"] == "2" and head["--node-rank"] == "0" and head["--master-addr"] == HEAD
     assert worker["--node-rank"] == "1" and worker["--master-addr"] == HEAD
     assert head["--distributed-executor-backend"] == "mp"

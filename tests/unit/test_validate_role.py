@@ -108,6 +108,39 @@ def test_405b_on_two_8xh100_nodes_passes_and_shows_the_plan(tmp_path: Path) -> N
             ["max_model_len: 200000 is above the model's maximum 131072", "Fix: change vllm_serve_max_model_len"],
             id="planner-refuses",
         ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_enable_expert_parallel": True},
+            [
+                "vllm_serve_enable_expert_parallel=true, but the model is dense",
+                "Fix: change vllm_serve_enable_expert_parallel",
+            ],
+            id="expert-parallel-on-a-dense-model",
+        ),
+        pytest.param(
+            # 3 replicas of TP 8 = 24 GPUs on 2 x 8
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_data_parallel_size": 3, "vllm_serve_tensor_parallel_size": 8},
+            ["3 replicas of 8 GPUs need 24", "set vllm_serve_data_parallel_size to at most 2"],
+            id="data-parallel-more-replicas-than-gpus",
+        ),
+        pytest.param(
+            # DP 2: one 405B replica per node, TP 8: 94.5 GiB of weights per GPU
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_data_parallel_size": 2},
+            [
+                "does not fit",
+                "94.5 GiB of weights",
+                "vllm_serve_data_parallel_size=1 with vllm_serve_pipeline_parallel_size",
+            ],
+            id="data-parallel-replica-does-not-fit",
+        ),
+        pytest.param(
+            inventory(["node1"], ["node2"]),
+            {"vllm_serve_data_parallel_size": 0},
+            ["vllm_serve_data_parallel_size=0"],
+            id="data-parallel-zero",
+        ),
     ],
 )
 def test_bad_inventory_stops_naming_the_variable(
@@ -117,6 +150,23 @@ def test_bad_inventory_stops_naming_the_variable(
     assert rc == 2, out
     for text in expected:
         assert text in out, f"{text!r} not in output:\n{out[-3000:]}"
+
+
+def test_mixtral_with_data_and_expert_parallel_passes_and_shows_the_plan(tmp_path: Path) -> None:
+    inv = inventory(
+        ["node1"],
+        ["node2"],
+        validate_model_config_path=str(ROOT / "tests" / "fixtures" / "models" / "mixtral-8x7b"),
+        vllm_serve_data_parallel_size=2,
+        vllm_serve_tensor_parallel_size=4,
+        vllm_serve_pipeline_parallel_size=2,
+        vllm_serve_enable_expert_parallel=True,
+    )
+    rc, out = run_validate(tmp_path, inv)
+    assert rc == 0, out[-3000:]
+    # EP = DP x TP = 8 ranks for 8 experts: one expert per GPU (test_planner_dp_ep has the numbers)
+    assert "DP 2 x TP 4 x PP 2 with expert parallel (1 of 8 experts per GPU) on 2 nodes x 8 GPUs" in out
+    assert "2 replicas: 8,437,910 tokens in all" in out
 
 
 def test_escape_hatch_lets_a_plan_that_does_not_fit_through(tmp_path: Path) -> None:

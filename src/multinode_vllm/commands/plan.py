@@ -1,4 +1,4 @@
-"""`multinode-vllm plan`: does a model fit the cluster? TP x PP, weights and KV cache in numbers."""
+"""`multinode-vllm plan`: does a model fit the cluster? DP x TP x PP (and EP), weights and KV cache in numbers."""
 
 from __future__ import annotations
 
@@ -29,8 +29,12 @@ def _number(kind: type, low: float, high: float | None = None, what: str = "") -
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "plan",
-        help="check TP x PP and weights + KV cache against the cluster before touching any host",
-        description="Plan a deployment from a model's config.json. Exit 0: fits; 1: does not fit; 2: bad input.",
+        help="check DP x TP x PP and weights + KV cache against the cluster before touching any host",
+        description=(
+            "Plan a deployment from a model's config.json. With none of --data-parallel-size, "
+            "--tensor-parallel-size and --pipeline-parallel-size the planner proposes the layout and says why. "
+            "Exit 0: fits; 1: does not fit; 2: bad input."
+        ),
     )
     p.add_argument("model", metavar="MODEL", help="a config.json or a model directory holding one")
     count = _number(int, 1, what="a whole number")
@@ -48,6 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--kv-cache-dtype", default="auto")
     p.add_argument("--tensor-parallel-size", type=count)
     p.add_argument("--pipeline-parallel-size", type=count)
+    p.add_argument(
+        "--data-parallel-size",
+        type=count,
+        help="replicas of the model (each TP x PP GPUs within one node); as vllm_serve_data_parallel_size",
+    )
+    p.add_argument(
+        "--enable-expert-parallel",
+        action="store_true",
+        help="MoE models: split the experts over the DP x TP ranks (as vllm_serve_enable_expert_parallel)",
+    )
     p.add_argument(
         "--backend",
         choices=["ray", "mp"],
@@ -71,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
             kv_cache_dtype=args.kv_cache_dtype,
             tensor_parallel_size=args.tensor_parallel_size,
             pipeline_parallel_size=args.pipeline_parallel_size,
+            data_parallel_size=args.data_parallel_size,
+            enable_expert_parallel=args.enable_expert_parallel,
             backend=args.backend,
         )
     except PlanError as exc:
@@ -81,22 +97,38 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
+        dp = result["data_parallel_size"]
         rows = [
             (
-                "tensor × pipeline parallel",
-                f"{result['tensor_parallel_size']} × {result['pipeline_parallel_size']}",
+                "data × tensor × pipeline",
+                f"{dp} × {result['tensor_parallel_size']} × {result['pipeline_parallel_size']} "
+                f"= {result['gpus_used']} of {result['gpus']} GPUs",
             ),
+        ]
+        if result["enable_expert_parallel"]:
+            rows.append(
+                (
+                    "expert parallel",
+                    f"{result['num_experts']} experts over {result['expert_parallel_size']} ranks, "
+                    f"{result['experts_per_gpu']} per GPU",
+                )
+            )
+        per_replica = " per replica" if dp > 1 else ""
+        rows += [
             ("parameters", f"{result['parameters'] / 1e9:.2f} B"),
             ("weights", f"{result['weight_bytes'] / 1e9:.1f} GB ({result['dtype']})"),
             ("weights per GPU", f"{result['weight_bytes_per_gpu'] / GIB:.1f} GiB"),
             ("GPU budget", f"{result['gpu_budget_bytes'] / GIB:.1f} GiB"),
             ("KV cache per token", f"{result['kv_bytes_per_token']:,} bytes ({result['kv_cache_dtype']})"),
-            ("KV cache tokens", f"{result['kv_cache_tokens']:,}"),
+            ("KV cache tokens", f"{result['kv_cache_tokens']:,}{per_replica}"),
             ("max model length", f"{result['max_model_len']:,}"),
         ]
+        if dp > 1:
+            rows.append(("KV cache, all replicas", f"{result['kv_cache_tokens_total']:,} tokens"))
         width = max(len(k) for k, _ in rows)
         for key, value in rows:
             print(f"{key:<{width}}  {value}")
+        print(f"layout: {result['layout_reason']}")
         print(result["reason"])
         for note in result["notes"]:
             print(f"note: {note}")
