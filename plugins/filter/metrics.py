@@ -17,6 +17,10 @@ description:
   - With O(expected) it also says which engines 0 to O(expected) - 1 are missing or finished no
     request (C(problem) is empty when every one served).
   - Runs on the controller and needs the Python package prometheus-client there.
+  - The same plugin file also provides C(vllm_metrics_summary) - two /metrics bodies read some
+    seconds apart give what C(status) shows per engine - requests running and waiting, KV-cache
+    usage, prefix-cache hit rate, finished requests and generation tokens per second over the
+    window, and their totals.
 author: multinode.vllm developers (@multinode)
 options:
   _input:
@@ -42,7 +46,11 @@ _value:
 """
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.multinode.vllm.plugins.module_utils._metrics import engine_check, engine_metrics
+from ansible_collections.multinode.vllm.plugins.module_utils._metrics import (
+    engine_check,
+    engine_metrics,
+    metrics_summary,
+)
 
 
 def vllm_engines(text, expected=0):
@@ -58,6 +66,13 @@ def vllm_engines(text, expected=0):
         raise AnsibleFilterError("vllm_engines: %s" % exc) from exc
 
 
+def vllm_metrics_summary(first, second, seconds):
+    try:
+        return metrics_summary(first, second, float(seconds))
+    except (TypeError, ValueError) as exc:
+        raise AnsibleFilterError("vllm_metrics_summary: %s" % exc) from exc
+
+
 class FilterModule:
     def filters(self):
-        return {"vllm_engines": vllm_engines}
+        return {"vllm_engines": vllm_engines, "vllm_metrics_summary": vllm_metrics_summary}

@@ -71,3 +71,45 @@ def engine_check(text: str, expected: int) -> dict[str, Any]:
         counts = ", ".join(f"engine {e}: {int(engines[e].get('success', 0))}" for e in engines)
         problems.append(f"engine {', '.join(idle)} finished no request ({counts})")
     return {"engines": engines, "missing": missing, "idle": idle, "problem": "; ".join(problems)}
+
+
+def _rate(new: float, old: float, seconds: float) -> float:
+    return round(max(new - old, 0.0) / seconds, 2) if seconds > 0 else 0.0
+
+
+def metrics_summary(first: str, second: str, seconds: float) -> dict[str, Any]:
+    """What `status` shows per engine from two /metrics reads ``seconds`` apart.
+
+    Per engine: requests running and waiting, KV-cache usage (0..1), prefix-cache hit rate (hits /
+    queries since start, None before any query), finished requests, and generation tokens/s over
+    the window; ``total``: the sums (KV usage and hit rate averaged over the engines that have them).
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"seconds must be the positive time between the two reads, got {seconds!r}")
+    old, new = engine_metrics(first), engine_metrics(second)
+    engines: dict[str, dict[str, Any]] = {}
+    for e, rec in new.items():
+        before = old.get(e, {})
+        queries = rec.get("prefix_cache_queries", 0.0)
+        engines[e] = {
+            "running": int(rec.get("running", 0.0)),
+            "waiting": int(rec.get("waiting", 0.0)),
+            "kv_cache_usage": round(rec.get("kv_cache_usage", 0.0), 4),
+            "prefix_cache_hit_rate": round(rec.get("prefix_cache_hits", 0.0) / queries, 4) if queries else None,
+            "finished_requests": int(rec.get("success", 0.0)),
+            "generation_tokens_per_s": _rate(
+                rec.get("generation_tokens", 0.0), before.get("generation_tokens", 0.0), seconds
+            ),
+        }
+    rates = [r["prefix_cache_hit_rate"] for r in engines.values() if r["prefix_cache_hit_rate"] is not None]
+    total = {
+        "engines": len(engines),
+        "running": sum(r["running"] for r in engines.values()),
+        "waiting": sum(r["waiting"] for r in engines.values()),
+        "kv_cache_usage": round(sum(r["kv_cache_usage"] for r in engines.values()) / len(engines), 4)
+        if engines
+        else 0.0,
+        "prefix_cache_hit_rate": round(sum(rates) / len(rates), 4) if rates else None,
+        "generation_tokens_per_s": round(sum(r["generation_tokens_per_s"] for r in engines.values()), 2),
+    }
+    return {"window_s": round(float(seconds), 2), "engines": engines, "total": total}

@@ -4,7 +4,8 @@ site.yml with vllm_serve_data_parallel_size=2, TP 1 x PP 1: `vllm serve` on the 
 `--data-parallel-backend ray --data-parallel-size 2 --data-parallel-size-local 1`; vLLM places the
 second engine as a Ray actor on the other node. The serve gate checks every engine's
 finished-request counter; 20 chat completions sent at once move both engines' counters (read with
-prometheus_client's parser); a rerun changes nothing. The mp backend's data parallel runs in
+prometheus_client's parser), and `multinode-vllm status --json` shows them per engine; a rerun
+changes nothing. The mp backend's data parallel runs in
 test_mp_backend_testbed.py.
 """
 
@@ -97,6 +98,25 @@ def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callab
     assert len(answers) == 20 and all(answers)
     assert after["0"] > before["0"] and after["1"] > before["1"], (before, after)
     assert sum(after.values()) - sum(before.values()) == 20
+
+    # status reads the same counters per engine (two /metrics reads; the JSON fields the README names)
+    st = subprocess.run(
+        [sys.executable, "-m", "multinode_vllm", "status", "--json"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "CI": "true"},
+    )
+    assert st.returncode == 0, st.stderr[-3000:]
+    metrics = json.loads(st.stdout)["exported"]["multinode_status"]["metrics"]
+    print(f"[ray dp2] status metrics {json.dumps(metrics)}")
+    assert set(metrics["engines"]) == {"0", "1"} and metrics["total"]["engines"] == 2
+    for e in ("0", "1"):
+        assert metrics["engines"][e]["finished_requests"] == after[e]
+        assert {"running", "waiting", "kv_cache_usage", "prefix_cache_hit_rate", "generation_tokens_per_s"} <= set(
+            metrics["engines"][e]
+        )
 
     rerun = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(DP), timeout=1200)
     assert rerun.returncode == 0, rerun.stdout[-6000:]

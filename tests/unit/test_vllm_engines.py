@@ -168,3 +168,47 @@ def test_requests_fail_with_the_reason(chat_server: ChatServer, capsys: pytest.C
 def test_requests_refuse_a_count_below_one(capsys: pytest.CaptureFixture[str]) -> None:
     out = run_main({"url": "http://127.0.0.1:9", "model": "tiny", "count": 0}, capsys)
     assert out["failed"] and "count, max_tokens and timeout must be at least 1" in out["msg"]
+
+
+def summary_body(
+    engine: str, running: float, waiting: float, kv: float, queries: float, hits: float, gen: float
+) -> str:
+    return (
+        "# TYPE vllm:num_requests_running gauge\n"
+        f'vllm:num_requests_running{{engine="{engine}",model_name="tiny"}} {running}\n'
+        "# TYPE vllm:num_requests_waiting gauge\n"
+        f'vllm:num_requests_waiting{{engine="{engine}",model_name="tiny"}} {waiting}\n'
+        "# TYPE vllm:kv_cache_usage_perc gauge\n"
+        f'vllm:kv_cache_usage_perc{{engine="{engine}",model_name="tiny"}} {kv}\n'
+        "# TYPE vllm:prefix_cache_queries counter\n"
+        f'vllm:prefix_cache_queries_total{{engine="{engine}",model_name="tiny"}} {queries}\n'
+        "# TYPE vllm:prefix_cache_hits counter\n"
+        f'vllm:prefix_cache_hits_total{{engine="{engine}",model_name="tiny"}} {hits}\n'
+        "# TYPE vllm:generation_tokens counter\n"
+        f'vllm:generation_tokens_total{{engine="{engine}",model_name="tiny"}} {gen}\n'
+    )
+
+
+def test_metrics_summary_per_engine_and_in_all() -> None:
+    from ansible_collections.multinode.vllm.plugins.filter.metrics import vllm_metrics_summary
+
+    # two engines, read 2 s apart: engine 0 generated 300 tokens (150/s), engine 1 100 (50/s)
+    first = summary_body("0", 1, 0, 0.1, 100, 20, 1000) + summary_body("1", 0, 0, 0.0, 0, 0, 500)
+    second = summary_body("0", 3, 2, 0.5, 200, 50, 1300) + summary_body("1", 1, 0, 0.25, 0, 0, 600)
+    got = vllm_metrics_summary(first, second, 2)
+    e0, e1, total = got["engines"]["0"], got["engines"]["1"], got["total"]
+    assert (e0["running"], e0["waiting"], e0["kv_cache_usage"]) == (3, 2, 0.5)
+    assert e0["prefix_cache_hit_rate"] == 0.25  # 50 hits / 200 queries
+    assert e1["prefix_cache_hit_rate"] is None  # no query yet: not 0 %
+    assert (e0["generation_tokens_per_s"], e1["generation_tokens_per_s"]) == (150.0, 50.0)
+    assert total == {
+        "engines": 2,
+        "running": 4,
+        "waiting": 2,
+        "kv_cache_usage": 0.375,
+        "prefix_cache_hit_rate": 0.25,
+        "generation_tokens_per_s": 200.0,
+    }
+    assert got["window_s"] == 2.0
+    with pytest.raises(AnsibleFilterError, match="seconds must be the positive time"):
+        vllm_metrics_summary(first, second, 0)
