@@ -172,9 +172,10 @@ def _labels(inp: dict[str, Any], component: str) -> dict[str, str]:
 
 
 def _meta(inp: dict[str, Any], name: str, component: str, namespaced: bool = True) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "labels": _labels(inp, component)}
+    meta: dict[str, Any] = {"name": name}
     if namespaced:
         meta["namespace"] = inp["namespace"]
+    meta["labels"] = _labels(inp, component)
     meta["annotations"] = {f"{LABEL_PREFIX}/model": str(inp.get("model") or "")}
     if inp.get("revision") and inp["revision"] != "main":
         meta["annotations"][f"{LABEL_PREFIX}/model-revision"] = str(inp["revision"])
