@@ -80,7 +80,7 @@ def _rewrite(node: Any) -> Any:
 
 
 def crd_schema(path: Path, kind: str, version: str) -> dict[str, Any]:
-    doc = yaml.safe_load(path.read_text())
+    doc = yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     group = doc["spec"]["group"]
     if doc["spec"]["names"]["kind"] != kind:
         raise SystemExit(f"{path}: defines {doc['spec']['names']['kind']}, not {kind}")
@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--crds", type=Path, default=ROOT.parent / "shared" / "k8s-crds")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
-    import kubernetes_validate  # the built-in kinds' schemas ship with it
+    import kubernetes_validate  # noqa: PLC0415  (only this script needs it: the built-in kinds' schemas)
 
     version = kubernetes_validate.latest_version()
     schema_dir = Path(kubernetes_validate.__file__).parent / "kubernetes-json-schema" / f"v{version}-local-strict"

@@ -269,7 +269,7 @@ def _resources(inp: dict[str, Any]) -> dict[str, Any]:
 
 
 def _mounts(inp: dict[str, Any], model: bool = True) -> list[dict[str, Any]]:
-    mounts = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
+    mounts: list[dict[str, Any]] = [{"name": SHM_VOLUME, "mountPath": "/dev/shm"}]
     if model:
         mounts.append({"name": "model", "mountPath": MODEL_MOUNT, "subPath": inp["model_path"], "readOnly": True})
     return mounts

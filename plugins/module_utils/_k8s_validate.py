@@ -41,10 +41,14 @@ def finding(obj: dict[str, Any] | None, path: str, message: str, fix: str, sourc
     return {"object": object_name(obj), "path": path, "message": message, "fix": fix, "source": source}
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def object_name(obj: Any) -> str:
     if not isinstance(obj, dict):
         return "?/?"
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+    meta = _dict(obj.get("metadata"))
     return f"{obj.get('kind', '?')}/{meta.get('name', '?')}"
 
 
@@ -317,7 +321,7 @@ def _get(obj: Any, path: str, default: Any = None) -> Any:
 
 def pod_specs(obj: dict[str, Any]) -> list[tuple[str, dict[str, Any], int, str]]:
     """(path, pod spec, replicas, role) of every pod an object creates; role leader or worker."""
-    kind, spec = obj.get("kind"), obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    kind, spec = obj.get("kind"), _dict(obj.get("spec"))
     out: list[tuple[str, dict[str, Any], int, str]] = []
     if kind in ("ServingRuntime", "ClusterServingRuntime"):
         out.append(("spec", spec, 1, "leader"))
@@ -374,19 +378,21 @@ def check_rules(objects: list[Any]) -> list[dict[str, str]]:
     for isvc in isvcs:
         ann = _get(isvc, "metadata.annotations", {}) or {}
         path = "metadata.annotations['serving.kserve.io/deploymentMode']"
-        if ann.get("serving.kserve.io/deploymentMode") != "RawDeployment":
+        mode = ann.get("serving.kserve.io/deploymentMode")
+        if mode != "RawDeployment":
             bad(
                 isvc,
                 path,
-                f"is {ann.get('serving.kserve.io/deploymentMode')!r}: multi-node works only in RawDeployment mode (seed 003)",
+                f"is {mode!r}: multi-node works only in RawDeployment mode (seed 003)",
                 "set the annotation serving.kserve.io/deploymentMode: RawDeployment",
             )
         path = "metadata.annotations['serving.kserve.io/autoscalerClass']"
-        if ann.get("serving.kserve.io/autoscalerClass") != "external":
+        autoscaler = ann.get("serving.kserve.io/autoscalerClass")
+        if autoscaler != "external":
             bad(
                 isvc,
                 path,
-                f"is {ann.get('serving.kserve.io/autoscalerClass')!r}: a multi-node predictor cannot autoscale (seed 003)",
+                f"is {autoscaler!r}: a multi-node predictor cannot autoscale (seed 003)",
                 "set the annotation serving.kserve.io/autoscalerClass: external",
             )
         uri = _get(isvc, "spec.predictor.model.storageUri")
@@ -460,7 +466,7 @@ def check_rules(objects: list[Any]) -> list[dict[str, str]]:
                     "mount an emptyDir {medium: Memory, sizeLimit: 16Gi} at /dev/shm",
                 )
             for name in shm_mounts:
-                i, vol = vols.get(name, (None, None))
+                i, vol = vols.get(name, (-1, None))
                 if vol is None:
                     bad(
                         obj,
@@ -494,9 +500,8 @@ def check_rules(objects: list[Any]) -> list[dict[str, str]]:
                         "is missing on the leader: the Service sends traffic before vLLM loaded the model",
                         "add readinessProbe: httpGet /health on the vLLM port",
                     )
-                res = c.get("resources") if isinstance(c.get("resources"), dict) else {}
-                requests = res.get("requests") if isinstance(res.get("requests"), dict) else {}
-                limits = res.get("limits") if isinstance(res.get("limits"), dict) else {}
+                res = _dict(c.get("resources"))
+                requests, limits = _dict(res.get("requests")), _dict(res.get("limits"))
                 for gpu in GPU_RESOURCES:
                     if gpu in requests or gpu in limits:
                         kinds_used.setdefault(gpu, f"{object_name(obj)} {cpath}.resources")

@@ -170,7 +170,7 @@ def main():
     if errors and p["fail_on_error"]:
         module.fail_json(
             msg="%d problem(s) in %d Kubernetes objects: %s" % (len(errors), len(objects), " | ".join(messages)),
-            **result
+            **result,
         )
     module.exit_json(**result)
 

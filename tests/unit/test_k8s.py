@@ -245,7 +245,13 @@ SCHEMA, RULE = _k8s_validate.SCHEMA, _k8s_validate.RULE
 
 MUTATIONS: list[tuple[str, str, Mutation, str, str]] = [
     # id, flavour, mutation, expected path, source
-    ("unknown-field", "lws", _set(f"{LWS_WORKER}.containers.0.resourcez", {}), f"{LWS_WORKER}.containers[0].resourcez", SCHEMA),
+    (
+        "unknown-field",
+        "lws",
+        _set(f"{LWS_WORKER}.containers.0.resourcez", {}),
+        f"{LWS_WORKER}.containers[0].resourcez",
+        SCHEMA,
+    ),
     ("unknown-field-metadata", "kserve", _set("metadata.label", {}), "metadata.label", SCHEMA),
     ("wrong-type", "lws", _set("spec.leaderWorkerTemplate.size", "2"), "spec.leaderWorkerTemplate.size", SCHEMA),
     ("wrong-type-int-or-string", "lws", _service_port_list, "spec.ports[0].targetPort", SCHEMA),
@@ -256,8 +262,20 @@ MUTATIONS: list[tuple[str, str, Mutation, str, str]] = [
         "spec.workerGroupSpecs[0].template.spec.containers[0].name",
         SCHEMA,
     ),
-    ("missing-required-groupname", "kuberay", _set("spec.workerGroupSpecs.0.groupName", _DELETE), "spec.workerGroupSpecs[0].groupName", SCHEMA),
-    ("enum", "lws", _set("spec.leaderWorkerTemplate.restartPolicy", "Always"), "spec.leaderWorkerTemplate.restartPolicy", SCHEMA),
+    (
+        "missing-required-groupname",
+        "kuberay",
+        _set("spec.workerGroupSpecs.0.groupName", _DELETE),
+        "spec.workerGroupSpecs[0].groupName",
+        SCHEMA,
+    ),
+    (
+        "enum",
+        "lws",
+        _set("spec.leaderWorkerTemplate.restartPolicy", "Always"),
+        "spec.leaderWorkerTemplate.restartPolicy",
+        SCHEMA,
+    ),
     (
         "raw-deployment-only",
         "kserve",
@@ -274,16 +292,58 @@ MUTATIONS: list[tuple[str, str, Mutation, str, str]] = [
     ),
     ("storage-uri-pvc", "kserve", _storage_uri, "spec.predictor.model.storageUri", RULE),
     ("rwx-pvc", "kserve", _rwo, "spec.accessModes", RULE),
-    ("pp-missing", "kserve", _set("spec.workerSpec.pipelineParallelSize", _DELETE), "spec.workerSpec.pipelineParallelSize", RULE),
-    ("tp-missing", "kserve", _set("spec.workerSpec.tensorParallelSize", _DELETE), "spec.workerSpec.tensorParallelSize", RULE),
-    ("pp-below-2", "kserve", _set("spec.workerSpec.pipelineParallelSize", 1), "spec.workerSpec.pipelineParallelSize", RULE),
+    (
+        "pp-missing",
+        "kserve",
+        _set("spec.workerSpec.pipelineParallelSize", _DELETE),
+        "spec.workerSpec.pipelineParallelSize",
+        RULE,
+    ),
+    (
+        "tp-missing",
+        "kserve",
+        _set("spec.workerSpec.tensorParallelSize", _DELETE),
+        "spec.workerSpec.tensorParallelSize",
+        RULE,
+    ),
+    (
+        "pp-below-2",
+        "kserve",
+        _set("spec.workerSpec.pipelineParallelSize", 1),
+        "spec.workerSpec.pipelineParallelSize",
+        RULE,
+    ),
     ("tp-through-env", "kserve", _tp_env, "spec.workerSpec.containers[0].env[3].name", RULE),
     ("one-gpu-type", "kserve", _two_gpu_kinds, "spec.workerSpec.containers[0].resources", RULE),
-    ("tp-x-pp-vs-gpus", "lws", _set("spec.leaderWorkerTemplate.size", 3), "spec.leaderWorkerTemplate.leaderTemplate.spec", RULE),
+    (
+        "tp-x-pp-vs-gpus",
+        "lws",
+        _set("spec.leaderWorkerTemplate.size", 3),
+        "spec.leaderWorkerTemplate.leaderTemplate.spec",
+        RULE,
+    ),
     ("gpu-requests-eq-limits", "lws", _gpu_req_ne_lim, f"{LWS_WORKER}.containers[0].resources", RULE),
-    ("gpu-eq-tp", "kuberay", _gpu_ne_tp, "spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits['nvidia.com/gpu']", RULE),
-    ("shm-size-limit", "lws", _set(f"{LWS_WORKER}.volumes.0.emptyDir", {"medium": "Memory"}), f"{LWS_WORKER}.volumes[0].emptyDir", RULE),
-    ("shm-mounted", "kuberay", _set("spec.headGroupSpec.template.spec.containers.0.volumeMounts", []), "spec.headGroupSpec.template.spec.containers[0].volumeMounts", RULE),
+    (
+        "gpu-eq-tp",
+        "kuberay",
+        _gpu_ne_tp,
+        "spec.workerGroupSpecs[0].template.spec.containers[0].resources.limits['nvidia.com/gpu']",
+        RULE,
+    ),
+    (
+        "shm-size-limit",
+        "lws",
+        _set(f"{LWS_WORKER}.volumes.0.emptyDir", {"medium": "Memory"}),
+        f"{LWS_WORKER}.volumes[0].emptyDir",
+        RULE,
+    ),
+    (
+        "shm-mounted",
+        "kuberay",
+        _set("spec.headGroupSpec.template.spec.containers.0.volumeMounts", []),
+        "spec.headGroupSpec.template.spec.containers[0].volumeMounts",
+        RULE,
+    ),
     ("probe-on-worker", "lws", _worker_probe, f"{LWS_WORKER}.containers[0].livenessProbe", RULE),
     (
         "probe-on-leader",
@@ -295,7 +355,9 @@ MUTATIONS: list[tuple[str, str, Mutation, str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("flavour", "mutate", "path", "source"), [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS])
+@pytest.mark.parametrize(
+    ("flavour", "mutate", "path", "source"), [m[1:] for m in MUTATIONS], ids=[m[0] for m in MUTATIONS]
+)
 def test_mutation_is_caught_with_its_path(
     flavour: str, mutate: Mutation, path: str, source: str, schemas: dict[str, Any]
 ) -> None:
@@ -398,8 +460,13 @@ def test_module_bad_schema_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def test_schemas_readme_names_sources_and_licence() -> None:
     readme = (SCHEMAS / "README.md").read_text()
-    for needle in ("Apache", "060ab4da17eea1f0865fcbd3236bb1075e2cea32", "aaac4e294dae2c7b1aa1886447793f3aa1c30912",
-                   "feeaf72facab4881ba2b179248bb67315634e229", "kubernetes-validate"):
+    for needle in (
+        "Apache",
+        "060ab4da17eea1f0865fcbd3236bb1075e2cea32",
+        "aaac4e294dae2c7b1aa1886447793f3aa1c30912",
+        "feeaf72facab4881ba2b179248bb67315634e229",
+        "kubernetes-validate",
+    ):
         assert needle in readme
 
 
@@ -422,9 +489,15 @@ def test_schemas_match_the_pinned_crds(tmp_path: Path) -> None:
 
 
 def ansible_playbook(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", PATH=f"{BIN}:{os.environ['PATH']}")
+    env = dict(
+        os.environ,
+        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_FORCE_COLOR="0",
+        PATH=f"{BIN}:{os.environ['PATH']}",
+    )
     return subprocess.run(
         [str(BIN / "ansible-playbook"), "playbooks/k8s.yml", *args],
+        check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -463,7 +536,9 @@ def test_apply_check_mode_without_api_server_names_the_kubeconfig(tmp_path: Path
             {
                 "apiVersion": "v1",
                 "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}],
+                "clusters": [
+                    {"name": "c", "cluster": {"server": "https://127.0.0.1:1", "insecure-skip-tls-verify": True}}
+                ],
                 "contexts": [{"name": "nowhere", "context": {"cluster": "c", "user": "u"}}],
                 "current-context": "nowhere",
                 "users": [{"name": "u", "user": {"token": "not-a-token"}}],
@@ -485,7 +560,20 @@ def test_cli_render_tiny_model_of_the_test_bed(tmp_path: Path) -> None:
     out = tmp_path / "tiny"
     env = dict(os.environ, CI="true", PATH=f"{BIN}:{os.environ['PATH']}")
     res = subprocess.run(
-        [sys.executable, "-m", "multinode_vllm", "render", "-i", "inventories/local", "--out", str(out), "--flavour", "lws", "--no-apply"],
+        [
+            sys.executable,
+            "-m",
+            "multinode_vllm",
+            "render",
+            "-i",
+            "inventories/local",
+            "--out",
+            str(out),
+            "--flavour",
+            "lws",
+            "--no-apply",
+        ],
+        check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -495,4 +583,7 @@ def test_cli_render_tiny_model_of_the_test_bed(tmp_path: Path) -> None:
     assert res.returncode == 0, (res.stdout + res.stderr)[-3000:]
     lws = yaml.safe_load((out / "02-leaderworkerset-tiny-llama.yaml").read_text())
     assert lws["spec"]["leaderWorkerTemplate"]["size"] == 2
-    assert "--tensor-parallel-size 1 --pipeline-parallel-size 2" in lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["args"][0]
+    assert (
+        "--tensor-parallel-size 1 --pipeline-parallel-size 2"
+        in lws["spec"]["leaderWorkerTemplate"]["leaderTemplate"]["spec"]["containers"][0]["args"][0]
+    )
