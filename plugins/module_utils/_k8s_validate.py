@@ -453,7 +453,7 @@ def check_rules(objects: list[Any]) -> list[dict[str, str]]:
         for base, pod, replicas, role in pods:
             shm_mounts = {
                 m.get("name")
-                for _, c in _containers(pod)
+                for _ci, c in _containers(pod)
                 for m in c.get("volumeMounts") or []
                 if isinstance(m, dict) and m.get("mountPath") == "/dev/shm"
             }
@@ -581,10 +581,10 @@ def _parallel(obj: dict[str, Any]) -> tuple[int | None, int | None]:
     if isinstance(wspec, dict):
         tp, pp = wspec.get("tensorParallelSize"), wspec.get("pipelineParallelSize")
         return (tp if isinstance(tp, int) else None, pp if isinstance(pp, int) else None)
-    for _, pod, _, role in pod_specs(obj):
+    for _path, pod, _replicas, role in pod_specs(obj):
         if role != "leader":
             continue
-        for _, c in _containers(pod):
+        for _ci, c in _containers(pod):
             text = " ".join(str(a) for a in (c.get("command") or []) + (c.get("args") or []))
             tp = re.search(r"--tensor-parallel-size[= ](\d+)", text)
             pp = re.search(r"--pipeline-parallel-size[= ](\d+)", text)
