@@ -98,6 +98,14 @@ def normalise(inputs: dict[str, Any]) -> dict[str, Any]:
     out["tensor_parallel_size"] = tp = _int(out, "tensor_parallel_size", "vllm_serve_tensor_parallel_size")
     out["pipeline_parallel_size"] = pp = _int(out, "pipeline_parallel_size", "vllm_serve_pipeline_parallel_size")
     nodes = _int(out, "nodes", "k8s_nodes")
+    dp = _int({"dp": out.get("data_parallel_size", 1)}, "dp", "vllm_serve_data_parallel_size")
+    if dp != 1:
+        raise RenderError(
+            "vllm_serve_data_parallel_size",
+            f"is {dp}, but the kubernetes platform renders one replica (TP x PP over the pods of one group); "
+            "vLLM's data parallel across pods is not rendered. Fix: leave vllm_serve_data_parallel_size unset (1) "
+            "for this platform, or serve data parallel on hosts (playbooks/serve.yml)",
+        )
     gpus = _int(out, "gpus_per_node", "validate_gpus_per_node")
     if pp != nodes:
         raise RenderError(

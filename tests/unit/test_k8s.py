@@ -150,6 +150,7 @@ def test_kserve_takes_tp_pp_from_workerspec_not_env() -> None:
         ({"name": "Llama_405B"}, "k8s_name"),
         ({"gpu_resource": "nvidia.com/mig-1g.10gb"}, "k8s_gpu_resource"),
         ({"image": ""}, "k8s_image"),
+        ({"data_parallel_size": 2}, "vllm_serve_data_parallel_size"),
     ],
 )
 def test_render_refuses_bad_input_naming_the_variable(change: dict[str, Any], variable: str) -> None:
