@@ -265,6 +265,13 @@ def test_reject_action_and_an_open_api(tmp_path: Path) -> None:
         ({"cluster_firewall_extra_members": ["10.0.0.300"]}, "cluster_firewall_extra_members: '10.0.0.300' is not"),
         ({"cluster_firewall_ray_ports": ["10002-99999"]}, "cluster_firewall_ray_ports: '10002-99999' is not a port"),
         ({"cluster_firewall_dynamic_ports": "60000-50000"}, "cluster_firewall_dynamic_ports: '60000-50000' is a range"),
+        # the role itself never opens an internal port as the API port (validate refuses it first)
+        (
+            {"multinode_vllm_port": 6379},
+            "multinode_vllm_port 6379 is a port the cluster uses internally: multinode_ray_port",
+        ),
+        ({"multinode_vllm_port": 40000}, "internally: cluster_firewall_dynamic_ports (32768-65535)"),
+        ({"multinode_vllm_port": 8265}, "internally: cluster_firewall_loopback_ports (8265)"),
     ],
 )
 def test_bad_firewall_input_stops_naming_the_variable(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
