@@ -313,3 +313,49 @@ def test_endpoint_from_the_inventory_uses_the_heads_management_address(tmp_path:
     assert ep == Endpoint("http://10.9.0.11:8123", api_key="k")
     assert _endpoint_from_inventory(inv, None).base_url == "http://10.9.0.11:8000"
     assert endpoint_via_mgmt(None, "1.2.3.4", 9000) == "http://1.2.3.4:9000"
+
+
+# ------------------------------------------------------------------------------ load sweep
+def test_bench_sweep_runs_one_point_per_concurrency_and_plots_them(
+    head: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv, fake = head
+    rc = main([*bench_argv(inv, fake, tmp_path), "--concurrency", "4,1", "--json"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0, doc
+    files = doc["run"]["exported"]["vllm_bench_result_files"]
+    # one `vllm bench serve` per point, in the order given, each with its own --max-concurrency
+    assert [json.loads(Path(f).read_text())["max_concurrency"] for f in files] == [4, 1]
+    sweep = doc["sweep"]
+    assert [p["max_concurrency"] for p in sweep["points"]] == [1, 4]  # the table and plot by load
+    assert sweep["points"][0]["ttft_ms"] == {"median": 35.0, "p99": 49.0}
+    assert sweep["points"][0]["output_throughput"] == 20 * 16 / 2.0
+    assert Path(sweep["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Path(sweep["plot"]).stat().st_size > 20_000
+
+
+def test_sweep_table_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:
+    from multinode_vllm.commands.bench import concurrency_list, format_sweep, sweep_points
+
+    rows = sweep_points([{**synthetic_result(), "max_concurrency": 8}, synthetic_result()])
+    assert [r["max_concurrency"] for r in rows] == [4, 8]
+    assert rows[0]["itl_ms"] == {"median": None, "p99": None}  # not in the result: shown as -
+    table = format_sweep(rows).splitlines()
+    assert table[1].split() == ["4", "33.33", "266.7", "14/20", "-/-"]
+    assert concurrency_list("1, 4,16") == [1, 4, 16]
+    for bad in ("", "0,4", "four"):
+        with pytest.raises(Exception, match="positive integers separated by commas"):
+            concurrency_list(bad)
+    with pytest.raises(SystemExit):
+        main(["bench", "--concurrency", "0"])
+    assert "positive integers separated by commas" in capsys.readouterr().err
+
+
+def test_bench_role_refuses_a_bad_concurrency_list(
+    head: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    inv, fake = head
+    rc = main([*bench_argv(inv, fake, tmp_path, "-e", json.dumps({"vllm_bench_concurrencies": [4, -1]}))])
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert "vllm_bench_concurrencies ([4, -1]) must be positive integers" in " ".join(err.split())

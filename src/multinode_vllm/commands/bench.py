@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -397,6 +397,96 @@ def report(result_json: Path, json_out: bool, png: Path | None = None) -> dict[s
     return s
 
 
+# ------------------------------------------------------------------------- a load sweep
+def sweep_points(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per load point, by max concurrency: throughput, TTFT and ITL (median, p99, ms)."""
+    rows = []
+    for r in results:
+        lat = percentiles(r)
+        rows.append(
+            {
+                "max_concurrency": r.get("max_concurrency"),
+                "completed": r.get("completed"),
+                "failed": int(r.get("num_prompts", 0) or 0) - int(r.get("completed", 0) or 0),
+                "request_throughput": float(r.get("request_throughput") or 0),
+                "output_throughput": float(r.get("output_throughput") or 0),
+                "ttft_ms": {k: lat.get("ttft", {}).get(k) for k in ("median", "p99")},
+                "itl_ms": {k: lat.get("itl", {}).get(k) for k in ("median", "p99")},
+            }
+        )
+    return sorted(rows, key=lambda row: int(row["max_concurrency"] or 0))
+
+
+def format_sweep(rows: Sequence[Mapping[str, Any]]) -> str:
+    head = f"{'concurrency':>11}  {'req/s':>7}  {'out tok/s':>9}  {'TTFT p50/p99 ms':>17}  {'ITL p50/p99 ms':>16}"
+
+    def pair(d: Mapping[str, Any]) -> str:
+        return "/".join("-" if d.get(k) is None else f"{float(d[k]):.0f}" for k in ("median", "p99"))
+
+    lines = [head] + [
+        f"{row['max_concurrency']!s:>11}  {row['request_throughput']:>7.2f}  {row['output_throughput']:>9.1f}  "
+        f"{pair(row['ttft_ms']):>17}  {pair(row['itl_ms']):>16}"
+        for row in rows
+    ]
+    return "\n".join(lines)
+
+
+def plot_sweep(rows: Sequence[Mapping[str, Any]], png: Path, title: str = "") -> Path:
+    """Output tok/s against TTFT and ITL (median and p99), one point per load, labelled by concurrency."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    if not rows:
+        raise UsageError("a sweep needs at least one result")
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), squeeze=False)
+    x = [row["output_throughput"] for row in rows]
+    for ax, (metric, name) in zip(axes[0], (("ttft_ms", "TTFT"), ("itl_ms", "ITL")), strict=True):
+        for stat, style in (("median", "o-"), ("p99", "s--")):
+            pts = [(xi, row[metric][stat]) for xi, row in zip(x, rows, strict=True) if row[metric][stat] is not None]
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, label=f"{name} {stat}")
+        for xi, row in zip(x, rows, strict=True):
+            if row[metric]["median"] is not None:
+                ax.annotate(f"c={row['max_concurrency']}", (xi, row[metric]["median"]), fontsize=8)
+        ax.set_xlabel("output tokens/s")
+        ax.set_ylabel(f"{name} (ms)")
+        ax.set_title(f"{name} against throughput", fontsize=10)
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, f"no {name} percentiles in the results", ha="center", transform=ax.transAxes)
+    fig.suptitle(title or "vllm bench serve: load sweep")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png
+
+
+def sweep_report(files: Sequence[Path], json_out: bool, png: Path | None = None) -> dict[str, Any]:
+    rows = sweep_points([json.loads(Path(f).read_text()) for f in files])
+    png = png or Path(files[-1]).with_name(Path(files[-1]).stem + "-sweep.png")
+    plot_sweep(rows, png)
+    doc = {"points": rows, "result_files": [str(f) for f in files], "plot": str(png)}
+    if not json_out:
+        print(format_sweep(rows))
+        print(f"plot:    {png}")
+    return doc
+
+
+def concurrency_list(text: str) -> list[int]:
+    """--concurrency 1,4,16: positive integers, in the order given."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers separated by commas, e.g. 1,4,16")
+    return values
+
+
 # ------------------------------------------------------------------------------ the command
 def _endpoint_from_inventory(inventory: str | Path, endpoint_url: str | None) -> Endpoint:
     listing = inventory_vars(inventory)
@@ -451,11 +541,10 @@ def _cmd(args: argparse.Namespace) -> int:
             result_json = None
         else:
             out_dir = Path(args.results_dir).resolve()
-            options = options_from_args(
-                args,
-                playbook="playbooks/bench.yml",
-                extra={"vllm_bench_controller_dir": str(out_dir)},
-            )
+            extra: dict[str, Any] = {"vllm_bench_controller_dir": str(out_dir)}
+            if args.concurrency:
+                extra["vllm_bench_concurrencies"] = args.concurrency
+            options = options_from_args(args, playbook="playbooks/bench.yml", extra=extra)
             t0 = time.time()
             code, res, err = execute(options, json_out=json_out, emit_json=False)
             if res is not None:
@@ -470,6 +559,9 @@ def _cmd(args: argparse.Namespace) -> int:
                 print(f"bench: no new result JSON under {out_dir}", file=sys.stderr)
                 return EXIT_FAILED
             result_json = found
+            swept = res.exported.get("vllm_bench_result_files") if res is not None else None
+            if args.concurrency and swept:
+                doc["sweep"] = sweep_report([Path(f) for f in swept], json_out)
         if result_json is not None:
             doc["bench"] = report(result_json, json_out, Path(args.plot) if args.plot else None)
         if args.streams:
@@ -511,10 +603,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--results-dir", default=str(RESULTS_DIR), help="where results are fetched (default %(default)s)")
     p.add_argument("--result", help="summarise and plot this result JSON; run nothing")
     p.add_argument("--plot", help="PNG path (default: beside the result JSON)")
+    p.add_argument(
+        "--concurrency",
+        type=concurrency_list,
+        help="a load sweep: one run per max concurrency (e.g. 1,4,16), plotted as throughput against TTFT and ITL",
+    )
     p.add_argument("--streams", type=int, default=0, help="also send N concurrent streaming requests")
     p.add_argument("--stream-tokens", type=int, default=64, help="max_tokens of each streaming request")
     p.add_argument("--streams-only", action="store_true", help="only the streaming load check")
     p.set_defaults(func=_cmd)
 
 
-__all__ = ["Endpoint", "chat_once", "distributions", "percentiles", "plot", "register", "stream_load"]
+__all__ = [
+    "Endpoint",
+    "chat_once",
+    "distributions",
+    "percentiles",
+    "plot",
+    "plot_sweep",
+    "register",
+    "stream_load",
+    "sweep_points",
+]
