@@ -31,6 +31,12 @@ options:
     description: The number of engines (the data-parallel size); 0 only parses.
     type: int
     default: 0
+  before:
+    description:
+      - The /metrics body read before the requests were sent; an engine must then have finished a
+        request since (a counter that grew in an earlier run does not count). Each record gains
+        C(success_new).
+    type: str
 """
 
 EXAMPLES = r"""
@@ -53,7 +59,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._metrics import (
 )
 
 
-def vllm_engines(text, expected=0):
+def vllm_engines(text, expected=0, before=None):
     try:
         count = int(expected)
     except (TypeError, ValueError):
@@ -61,7 +67,7 @@ def vllm_engines(text, expected=0):
     try:
         if count <= 0:
             return {"engines": engine_metrics(text)}
-        return engine_check(text, count)
+        return engine_check(text, count, before)
     except ValueError as exc:
         raise AnsibleFilterError("vllm_engines: %s" % exc) from exc
 

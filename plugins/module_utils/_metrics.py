@@ -55,21 +55,29 @@ def engine_metrics(text: str) -> dict[str, dict[str, float]]:
     return dict(sorted(engines.items(), key=lambda kv: (len(kv[0]), kv[0])))
 
 
-def engine_check(text: str, expected: int) -> dict[str, Any]:
-    """Every engine 0..expected-1 present and with a finished request: {engines, missing, idle, problem}."""
+def engine_check(text: str, expected: int, before: str | None = None) -> dict[str, Any]:
+    """Every engine 0..expected-1 present and with a finished request: {engines, missing, idle, problem}.
+
+    With ``before`` (the /metrics body read before the requests were sent), an engine must have
+    finished a request *since* then: counters that only grew in an earlier run do not count.
+    """
     if isinstance(expected, bool) or not isinstance(expected, int) or expected < 1:
         raise ValueError(f"expected must be the number of engines (1 or more), got {expected!r}")
     engines = engine_metrics(text)
+    base = engine_metrics(before) if before is not None else {}
+    for e, rec in engines.items():
+        rec["success_new"] = rec.get("success", 0.0) - base.get(e, {}).get("success", 0.0)
     want = [str(i) for i in range(expected)]
     missing = [e for e in want if e not in engines]
-    idle = [e for e in want if e in engines and engines[e].get("success", 0.0) <= 0]
+    idle = [e for e in want if e in engines and engines[e]["success_new"] <= 0]
     problems = []
     if missing:
         found = ", ".join(engines) or "none"
         problems.append(f"no metrics from engine {', '.join(missing)} of {expected} (found: {found})")
     if idle:
-        counts = ", ".join(f"engine {e}: {int(engines[e].get('success', 0))}" for e in engines)
-        problems.append(f"engine {', '.join(idle)} finished no request ({counts})")
+        counts = ", ".join(f"engine {e}: {int(engines[e]['success_new'])}" for e in engines)
+        since = " since the requests were sent" if before is not None else ""
+        problems.append(f"engine {', '.join(idle)} finished no request{since} ({counts})")
     return {"engines": engines, "missing": missing, "idle": idle, "problem": "; ".join(problems)}
 
 

@@ -16,13 +16,12 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from multinode_vllm.module_utils._metrics import engine_metrics
+from engine_load import every_engine_serves
 
 from multinode_vllm import PROJECT_DIR
 
@@ -67,11 +66,6 @@ def chat(url: str, key: str) -> str:
         return str(json.loads(resp.read())["choices"][0]["message"]["content"])
 
 
-def success_by_engine(url: str) -> dict[str, float]:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as resp:
-        return {e: r.get("success", 0.0) for e, r in engine_metrics(resp.read().decode()).items()}
-
-
 def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callable[..., Any]) -> None:
     url, key = endpoint()
     proc = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(DP), timeout=1200)
@@ -85,19 +79,7 @@ def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callab
     ps = run_ansible("ansible", "-i", INVENTORY, "node2", "-m", "ansible.builtin.command", "-a", "ps -eo args")
     assert "EngineCoreActor" in ps.stdout, ps.stdout[-3000:]
 
-    before = success_by_engine(url)
-    assert set(before) == {"0", "1"}, before
-    answers: list[str] = []
-    threads = [threading.Thread(target=lambda: answers.append(chat(url, key))) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    after = success_by_engine(url)
-    print(f"[ray dp2] finished requests per engine before {before}, after 20 at once {after}")
-    assert len(answers) == 20 and all(answers)
-    assert after["0"] > before["0"] and after["1"] > before["1"], (before, after)
-    assert sum(after.values()) - sum(before.values()) == 20
+    after = every_engine_serves(url, lambda: chat(url, key), label="ray dp2")
 
     # status reads the same counters per engine (two /metrics reads; the JSON fields the README names)
     st = subprocess.run(

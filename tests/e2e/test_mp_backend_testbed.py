@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from multinode_vllm.module_utils._metrics import engine_metrics
+from engine_load import every_engine_serves
 
 from multinode_vllm import testbed as tb
 from multinode_vllm.testbed.tinymodel import make_tiny_llama
@@ -169,13 +168,6 @@ DP = {
 }
 
 
-def success_by_engine(bed: tb.Testbed) -> dict[str, float]:
-    """Each engine's finished requests, from the head's /metrics (prometheus_client's parser)."""
-    req = urllib.request.Request(f"http://{bed.node(1).mgmt_ip}:8000/metrics")
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return {e: r.get("success", 0.0) for e, r in engine_metrics(resp.read().decode()).items()}
-
-
 def test_mp_backend_serves_data_parallel_2_one_engine_per_node(
     bed: tb.Testbed, run_ansible: Callable[..., Any]
 ) -> None:
@@ -192,19 +184,7 @@ def test_mp_backend_serves_data_parallel_2_one_engine_per_node(
     # the worker's node runs engine 1 (vLLM names its process EngineCore_DP1)
     assert "EngineCore_DP1" in sh(bed, 2, "journalctl -u vllm --no-pager")
 
-    before = success_by_engine(bed)
-    assert set(before) == {"0", "1"}, before
-    answers: list[str] = []
-    threads = [threading.Thread(target=lambda: answers.append(chat(bed))) for _ in range(20)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    after = success_by_engine(bed)
-    print(f"[mp dp2] finished requests per engine before {before}, after 20 at once {after}")
-    assert len(answers) == 20 and all(answers)
-    assert after["0"] > before["0"] and after["1"] > before["1"], (before, after)
-    assert sum(after.values()) - sum(before.values()) == 20
+    every_engine_serves(f"http://{bed.node(1).mgmt_ip}:8000", lambda: chat(bed), label="mp dp2")
 
     recap, _ = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (rerun)", extra=DP)
     assert set(recap.values()) == {0}, recap

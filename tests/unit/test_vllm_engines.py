@@ -212,3 +212,15 @@ def test_metrics_summary_per_engine_and_in_all() -> None:
     assert got["window_s"] == 2.0
     with pytest.raises(AnsibleFilterError, match="seconds must be the positive time"):
         vllm_metrics_summary(first, second, 0)
+
+
+def test_engine_check_counts_only_requests_since_before() -> None:
+    # engine 1 served 7 requests in an earlier run and none of these: idle now
+    before = metrics_body({"0": 2.0, "1": 7.0})
+    after = metrics_body({"0": 10.0, "1": 7.0})
+    verdict = engine_check(after, 2, before)
+    assert verdict["idle"] == ["1"]
+    assert verdict["engines"]["0"]["success_new"] == 8.0
+    assert "engine 1 finished no request since the requests were sent (engine 0: 8, engine 1: 0)" in verdict["problem"]
+    assert engine_check(metrics_body({"0": 3.0, "1": 8.0}), 2, before)["problem"] == ""
+    assert vllm_engines(after, expected=2, before=before)["idle"] == ["1"]
