@@ -71,9 +71,14 @@ started_at:
   description: Unit name -> started_at, the start times alone.
   type: dict
   returned: always
+now:
+  description: The node's clock when it was read (seconds since the epoch), to tell a unit's age.
+  type: int
+  returned: always
 """
 
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.multinode.vllm.plugins.module_utils._units import (
@@ -124,7 +129,7 @@ def main():
     names = [u["name"] for u in units]
     states = read_states(module, module.params["runtime"], names)
     files = file_mtimes([p for u in units for p in u["files"]])
-    module.exit_json(changed=False, **unit_report(module.params["runtime"], units, states, files))
+    module.exit_json(changed=False, now=int(time.time()), **unit_report(module.params["runtime"], units, states, files))
 
 
 if __name__ == "__main__":

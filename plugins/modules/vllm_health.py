@@ -41,6 +41,13 @@ options:
     description: Seconds between two polls.
     type: int
     default: 5
+  already_waited:
+    description:
+      - Seconds the same vLLM process has already been starting before this wait (a rerun that found
+        it loading after systemd or Docker restarted it on its own): the wait ends O(timeout) seconds
+        after that process started, not after this call.
+    type: int
+    default: 0
   max_restarts:
     description: Restarts of the process during the wait after which it is considered crash-looping.
     type: int
@@ -150,13 +157,14 @@ def main():
             timeout=dict(type="int", default=1800),
             poll_interval=dict(type="int", default=5),
             max_restarts=dict(type="int", default=2),
+            already_waited=dict(type="int", default=0),
             log_lines=dict(type="int", default=30),
         ),
         supports_check_mode=True,
     )
     p = module.params
     started = time.monotonic()
-    deadline = started + max(p["timeout"], 0)
+    deadline = started + max(p["timeout"] - max(p["already_waited"], 0), p["poll_interval"], 1)
     _state, baseline = process_state(module, p["runtime"], p["name"])
     status, state, restarts, reason = -1, "", 0, ""
     while True:
@@ -177,7 +185,7 @@ def main():
         module.exit_json(**result)
     tail = log_tail(module, p["runtime"], p["name"], p["log_lines"])
     if not reason:
-        reason = "no 200 within %ss (timeout)" % p["timeout"]
+        reason = "no 200 within %ss of its start (timeout)" % p["timeout"]
     result["log_tail"] = tail
     module.fail_json(
         msg="vLLM at %s/health answered %s: %s. Last log lines:\n%s"

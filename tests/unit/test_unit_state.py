@@ -134,6 +134,7 @@ def test_drift(
         {"runtime": runtime, "units": [{"name": "ray-head", "files": files(tmp_path, "ray-head", mtimes)}]}, capsys
     )
     assert out["changed"] is False
+    assert abs(out["now"] - time.time()) < 60  # the node's clock, to tell a unit's age
     assert out["units"]["ray-head"]["drifted"] is expected
     assert ("ray-head" in out["restart"]) is expected
     if expected:

@@ -140,8 +140,21 @@ def test_timeout_names_the_timeout(
     fake_tools(tmp_path, monkeypatch, ["active 0"])
     out = run_main({"url": server.url, "poll_interval": 1, "timeout": 2}, capsys)
     assert out["failed"] is True
-    assert "answered 503: no 200 within 2s (timeout)" in out["msg"]
+    assert "answered 503: no 200 within 2s of its start (timeout)" in out["msg"]
     assert 2 <= server.hits <= 4
+
+
+@pytest.mark.parametrize("server", [-1], indirect=True)
+def test_a_loading_vllm_keeps_its_deadline(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a process found loading 598 s into a 600 s timeout gets what is left, not 600 s more
+    fake_tools(tmp_path, monkeypatch, ["active 0"])
+    out = run_main({"url": server.url, "poll_interval": 1, "timeout": 600, "already_waited": 598}, capsys)
+    assert out["failed"] is True
+    assert out["elapsed"] < 10
+    assert "no 200 within 600s of its start (timeout)" in out["msg"]
+    assert 1 <= server.hits <= 4
 
 
 def test_nothing_listening_reads_as_nothing(capsys: pytest.CaptureFixture[str]) -> None:
