@@ -44,7 +44,7 @@ options:
   already_waited:
     description:
       - Seconds the same vLLM process has already been starting before this wait (a rerun that found
-        it loading after systemd or Docker restarted it on its own): the wait ends O(timeout) seconds
+        it loading after systemd or Docker restarted it on its own); the wait ends O(timeout) seconds
         after that process started, not after this call.
     type: int
     default: 0

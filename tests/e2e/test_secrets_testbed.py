@@ -304,7 +304,8 @@ def test_firewall_refuses_outsiders_and_ray_wants_its_token(deployed: Deployed) 
     head_m, head_f = d.head_mgmt, d.head_fabric
     outsider_req = {
         "timeout": 3,
-        "tcp": [[h, p] for h in (head_m, head_f) for p in (6379, 8265, 10001, PORT)],
+        # GCS, dashboard, Ray client, the API; Ray metrics, Prometheus, node_exporter (monitoring role)
+        "tcp": [[h, p] for h in (head_m, head_f) for p in (6379, 8265, 10001, PORT, 8090, 9090, 9100)],
         "http": [
             ["job API (8265) from outsider", f"http://{head_m}:8265/api/jobs/", {}],
             ["dashboard (8265) from outsider", f"http://{head_m}:8265/", {}],
@@ -317,7 +318,7 @@ def test_firewall_refuses_outsiders_and_ray_wants_its_token(deployed: Deployed) 
     for k, v in outsider.items():
         print(f"  {k}: {v}")
     for h in (head_m, head_f):
-        for p in (6379, 8265, 10001):
+        for p in (6379, 8265, 10001, 8090, 9090, 9100):
             assert outsider[f"tcp {h}:{p}"] == "timeout", (h, p, outsider)
         assert outsider[f"tcp {h}:{PORT}"] == "open"
     assert str(outsider["job API (8265) from outsider"]).startswith("no answer")

@@ -4,8 +4,9 @@ One ordered story on the session test bed (2 nodes, bond0): the tiny Llama serve
 across the two nodes over Ray, a chat completion answered from the
 controller, `ray status`
 showing both nodes, a second run with changed=0, `--tags serve` after a serve variable changed
-restarting vLLM only, status.yml, a killed worker Ray (restarted by systemd, so Ray looks whole
-while vLLM has lost its worker) brought back by one rerun, then teardown.
+restarting vLLM only, status.yml, the monitoring role (Prometheus on the head scraping vLLM, Ray
+and node_exporter; recording rules; the firewall keeping it to members), a killed worker Ray
+(restarted by systemd, so Ray looks whole while vLLM has lost its worker) brought back by one rerun, then teardown.
 Each phase's wall time is printed (pytest -s) and collected in PHASE_SECONDS.
 
 Needs: the node venv (/var/tmp/multinode-vllm/venvs/node, or MNV_NODE_VENV) and the tiny model
@@ -19,6 +20,7 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +220,51 @@ def test_status_reports_a_healthy_group(story: Story) -> None:
     assert status["ray"]["node_ips"] == sorted([story.head_fabric, story.tb.node(2).ips["bond0"]])
     assert status["vllm"]["models"] == ["tiny-llama"]
     assert result.hosts["node1"].changed == 0
+
+
+MONITORING = {"monitoring_scrape_interval": "2s", "monitoring_evaluation_interval": "2s"}
+
+
+def prometheus_query(story: Story, query: str) -> list[dict[str, Any]]:
+    """A PromQL query from the head (a cluster member: the firewall keeps Prometheus to members)."""
+    url = f"http://{story.head_fabric}:9090/api/v1/query?query={urllib.parse.quote(query)}"
+    out = story.node_sh(1, f"curl -sf --max-time 10 '{url}'").stdout
+    answer = json.loads(out)
+    assert answer["status"] == "success", answer
+    return answer["data"]["result"]
+
+
+def test_monitoring_scrapes_every_engine_ray_and_node_exporter(story: Story) -> None:
+    proc = story.playbook("playbooks/monitoring.yml", phase="monitoring", extra=MONITORING)
+    assert re.search(r"Prometheus http://\S+:9090 scrapes 5\s+targets \(vllm, ray, node\)", proc.stdout), proc.stdout[
+        -3000:
+    ]
+    up = {(r["metric"]["job"], r["metric"]["node"]): r["value"][1] for r in prometheus_query(story, "up")}
+    assert up == {(job, node): "1" for job in ("ray", "node") for node in ("node1", "node2")} | {("vllm", "node1"): "1"}
+    # the recording rules: per engine from vLLM's /metrics, nodes from Ray and node_exporter
+    story.chat()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        finished = prometheus_query(story, "multinode_vllm:requests_finished_per_second:rate1m > 0")
+        if finished:
+            break
+        time.sleep(2)
+    assert [r["metric"]["engine"] for r in finished] == ["0"], finished
+    assert [r["metric"]["engine"] for r in prometheus_query(story, "multinode_vllm:kv_cache_usage")] == ["0"]
+    assert prometheus_query(story, "multinode_vllm:ray_nodes_up")[0]["value"][1] == "2"
+    assert prometheus_query(story, "multinode_vllm:nodes_up")[0]["value"][1] == "2"
+    ray_series = prometheus_query(story, 'count({job="ray"})')
+    print(f"[monitoring] Ray series scraped: {ray_series[0]['value'][1]}")
+    # the loaded ruleset keeps the metrics ports to members (an outsider's probe of them is in
+    # tests/e2e/test_secrets_testbed.py); a member (node2) reaches node1's node_exporter
+    protected = story.node_sh(1, "nft list set inet multinode_vllm protected_ports").stdout
+    assert all(re.search(rf"\b{p}\b", protected) for p in (8090, 9090, 9100)), protected
+    assert (
+        "node_cpu_seconds_total"
+        in story.node_sh(2, f"curl -sf --max-time 5 http://{story.head_fabric}:9100/metrics").stdout
+    )
+    rerun = story.playbook("playbooks/monitoring.yml", phase="monitoring rerun", extra=MONITORING)
+    assert all(v["changed"] == 0 for v in recap(rerun.stdout).values()), recap(rerun.stdout)
 
 
 def test_killed_worker_ray_is_brought_back_by_one_rerun(story: Story) -> None:

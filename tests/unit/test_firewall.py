@@ -211,16 +211,22 @@ def test_ruleset_protects_ray_nccl_vllm_ports_for_members_and_nft_accepts_it(tmp
         multinode_credentials_dir=str(tmp_path / "creds"),
         cluster_firewall_extra_members=["192.0.2.5"],
         cluster_firewall_api_clients=["198.51.100.0/24"],
-        cluster_firewall_open_ports=["9100"],
+        cluster_firewall_open_ports=["9400"],
+        multinode_metrics_clients=["203.0.113.7"],
     )
     plan = r["node1"]["plan"]
     assert plan == r["node2"]["plan"]  # the same ruleset on every node
     assert plan["members"] == {"ipv4": [HEAD, WORKER, RAIL["node1"], RAIL["node2"], "192.0.2.5"], "ipv6": []}
-    # GCS, Ray client + worker ports (merged), dashboard agent, mp master port, data-parallel RPC
-    # port, ephemeral..65535
-    assert plan["protected"] == ["6379", "10001-19999", "29501", "29550", "32768-65535"]
-    assert plan["loopback"] == ["8265"] and plan["open"] == ["22", "9100"] and plan["api_port"] == "8000"
+    # GCS, Ray metrics, Prometheus, node_exporter, Ray client + worker ports (merged), dashboard agent, mp master
+    # port, data-parallel RPC port, ephemeral..65535
+    assert plan["protected"] == ["6379", "8090", "9090", "9100", "10001-19999", "29501", "29550", "32768-65535"]
+    assert plan["loopback"] == ["8265"] and plan["open"] == ["22", "9400"] and plan["api_port"] == "8000"
     assert plan["api_clients"] == {"ipv4": ["198.51.100.0/24"], "ipv6": []}
+    # an outside Prometheus reaches the metrics ports only
+    assert plan["metrics_clients"] == {"ipv4": ["203.0.113.7"], "ipv6": []}
+    assert plan["metrics_ports"] == ["8090", "9100"]
+    assert "--metrics-export-port=8090" in r["node1"]["head_args"]
+    assert "--metrics-export-port=8090" in r["node2"]["worker_args"]
     rules = r["node1"]["firewall.nft"]
     assert "table inet multinode_vllm {" in rules and "flush ruleset" not in rules
     assert f"elements = {{ {HEAD}, {WORKER}, {RAIL['node1']}, {RAIL['node2']}, 192.0.2.5 }}" in rules
@@ -231,6 +237,7 @@ def test_ruleset_protects_ray_nccl_vllm_ports_for_members_and_nft_accepts_it(tmp
         "meta l4proto { tcp, udp } th dport @loopback_ports drop",
         "ip saddr @members_v4 accept",
         "meta l4proto { tcp, udp } th dport @open_ports accept",
+        "tcp dport @metrics_ports ip saddr @metrics_clients_v4 accept",
         "tcp dport 8000 ip saddr @api_clients_v4 accept",
         "tcp dport 8000 drop",
         "meta l4proto { tcp, udp } th dport @protected_ports drop",
@@ -272,6 +279,8 @@ def test_reject_action_and_an_open_api(tmp_path: Path) -> None:
         ),
         ({"multinode_vllm_port": 40000}, "internally: cluster_firewall_dynamic_ports (32768-65535)"),
         ({"multinode_vllm_port": 8265}, "internally: cluster_firewall_loopback_ports (8265)"),
+        ({"multinode_vllm_port": 9100}, "internally: multinode_node_exporter_port (9100)"),
+        ({"multinode_metrics_clients": ["prometheus"]}, "multinode_metrics_clients: 'prometheus' is not"),
     ],
 )
 def test_bad_firewall_input_stops_naming_the_variable(tmp_path: Path, extra: dict[str, Any], message: str) -> None:
