@@ -14,6 +14,8 @@ import json
 from typing import Any
 
 MARKER = "MNV_RAY_NODES "
+#: The cluster's available resources (``ray.available_resources()``): the object store in use.
+AVAILABLE_MARKER = "MNV_RAY_AVAILABLE "
 
 # Run as ``python -c NODES_SCRIPT ADDRESS``. log_to_driver=False: no worker logs on stdout.
 NODES_SCRIPT = (
@@ -23,6 +25,7 @@ NODES_SCRIPT = (
     " configure_logging=False)\n"
     "try:\n"
     "    print(" + repr(MARKER) + " + json.dumps(ray.nodes(), default=str), flush=True)\n"
+    "    print(" + repr(AVAILABLE_MARKER) + " + json.dumps(ray.available_resources(), default=str), flush=True)\n"
     "finally:\n"
     "    ray.shutdown()\n"
 )
@@ -63,11 +66,26 @@ def _num(value: Any) -> float:
         return 0.0
 
 
-def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
+def parse_available_output(stdout: str) -> dict[str, Any]:
+    """``ray.available_resources()`` from the query's stdout; {} when the line is missing or bad."""
+    found: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        if line.startswith(AVAILABLE_MARKER):
+            try:
+                data = json.loads(line[len(AVAILABLE_MARKER) :])
+            except ValueError:
+                continue
+            found = data if isinstance(data, dict) else {}
+    return found
+
+
+def summarize(nodes: list[dict[str, Any]], available: dict[str, Any] | None = None) -> dict[str, Any]:
     """Alive nodes with their address and resources; dead entries only counted.
 
     A restarted raylet leaves its old entry behind (``Alive: false``) next to the new one, so
-    only alive entries count.
+    only alive entries count. ``available`` (``ray.available_resources()``) gives the object store
+    in use: its capacity (the nodes' ``object_store_memory``) less what is available; None when
+    not known.
     """
     alive: list[dict[str, Any]] = []
     dead = 0
@@ -85,16 +103,22 @@ def summarize(nodes: list[dict[str, Any]]) -> dict[str, Any]:
                 or any(str(k).startswith("node:__internal_head__") for k in res),
                 "gpus": _num(res.get("GPU", 0)),
                 "cpus": _num(res.get("CPU", 0)),
+                "object_store_bytes": int(_num(res.get("object_store_memory", 0))),
             }
         )
     alive.sort(key=lambda n: (not n["is_head"], n["ip"]))
     gpus = sum(n["gpus"] for n in alive)
+    store = sum(n["object_store_bytes"] for n in alive)
+    free = (available or {}).get("object_store_memory")
+    used = max(store - int(_num(free)), 0) if free is not None and store else None
     return {
         "alive_nodes": alive,
         "alive_count": len(alive),
         "dead_count": dead,
         "node_ips": sorted({n["ip"] for n in alive}),
         "gpus": int(gpus) if float(gpus).is_integer() else gpus,
+        "object_store_bytes": store,
+        "object_store_used_bytes": used,
     }
 
 

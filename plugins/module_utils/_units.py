@@ -311,6 +311,8 @@ def cluster_status(
             "node_ips": ray.get("node_ips", []),
             "gpus": ray.get("gpus", 0),
             "dead_count": ray.get("dead_count", 0),
+            "object_store_bytes": ray.get("object_store_bytes", 0),
+            "object_store_used_bytes": ray.get("object_store_used_bytes"),
         },
         "vllm": {"endpoint": endpoint, "health": status, "models": [m.get("id") for m in data if isinstance(m, dict)]},
     }

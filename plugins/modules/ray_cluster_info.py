@@ -90,7 +90,8 @@ alive_nodes:
   type: list
   elements: dict
   sample:
-    - {"node_id": "5d49…", "ip": "10.0.0.11", "hostname": "node1", "is_head": true, "gpus": 8.0, "cpus": 96.0}
+    - {"node_id": "5d49…", "ip": "10.0.0.11", "hostname": "node1", "is_head": true, "gpus": 8.0, "cpus": 96.0,
+       "object_store_bytes": 2147483648}
 node_ips:
   description: Addresses of the alive nodes.
   returned: always
@@ -108,6 +109,14 @@ gpus:
   description: GPUs of the alive nodes in total.
   returned: always
   type: float
+object_store_bytes:
+  description: Ray's object store capacity on the alive nodes in total (bytes).
+  returned: always
+  type: int
+object_store_used_bytes:
+  description: Bytes of the object store in use (capacity less available); null when not known.
+  returned: always
+  type: int
 missing:
   description: Expected addresses that are not alive.
   returned: always
@@ -136,6 +145,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._ray import (
     RayQueryError,
     build_query_argv,
     compare,
+    parse_available_output,
     parse_nodes_output,
     summarize,
 )
@@ -145,7 +155,7 @@ def query(module, argv):
     """One query: (summary or None, error text)."""
     rc, out, err = module.run_command(argv, check_rc=False)
     try:
-        return summarize(parse_nodes_output(out)), ""
+        return summarize(parse_nodes_output(out), parse_available_output(out)), ""
     except (RayQueryError, ValueError) as exc:
         tail = "\n".join((err or out or "").strip().splitlines()[-8:])
         return None, "rc=%s: %s %s" % (rc, exc, tail)
@@ -189,7 +199,15 @@ def main():
             break
         time.sleep(max(p["poll_interval"], 1))
 
-    empty = {"alive_nodes": [], "alive_count": 0, "dead_count": 0, "node_ips": [], "gpus": 0}
+    empty = {
+        "alive_nodes": [],
+        "alive_count": 0,
+        "dead_count": 0,
+        "node_ips": [],
+        "gpus": 0,
+        "object_store_bytes": 0,
+        "object_store_used_bytes": None,
+    }
     result = dict(empty if summary is None else summary)
     result.update(verdict)
     result.update(changed=False, reachable=summary is not None, polls=polls)

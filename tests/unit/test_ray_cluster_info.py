@@ -26,7 +26,7 @@ HEAD, WORKER = "10.200.1.11", "10.200.1.12"
 
 
 def node(ip: str, gpus: float = 1.0, alive: bool = True, head: bool = False, nid: str = "") -> dict[str, Any]:
-    res: dict[str, Any] = {"CPU": 2.0, "memory": 1.5e10, f"node:{ip}": 1.0}
+    res: dict[str, Any] = {"CPU": 2.0, "memory": 1.5e10, "object_store_memory": 2147483648.0, f"node:{ip}": 1.0}
     if gpus:
         res["GPU"] = gpus
     if head:
@@ -72,6 +72,20 @@ def test_summary_counts_only_alive_entries_and_sums_gpus() -> None:
     assert s["gpus"] == 16
     assert s["alive_nodes"][0]["ip"] == HEAD and s["alive_nodes"][0]["is_head"] is True
     assert s["node_ips"] == [HEAD, WORKER]
+
+
+def test_object_store_capacity_of_alive_nodes_and_the_part_in_use() -> None:
+    nodes = [node(WORKER, alive=False, nid="c" * 56), node(WORKER), node(HEAD, head=True)]
+    out = marked(nodes) + _ray.AVAILABLE_MARKER + json.dumps({"object_store_memory": 3221225472.0, "GPU": 2.0}) + "\n"
+    s = _ray.summarize(_ray.parse_nodes_output(out), _ray.parse_available_output(out))
+    assert [n["object_store_bytes"] for n in s["alive_nodes"]] == [2147483648, 2147483648]
+    assert s["object_store_bytes"] == 4294967296  # the dead entry does not count
+    assert s["object_store_used_bytes"] == 1073741824
+    # an older query script (no available line) or a bad line: capacity known, use unknown
+    assert _ray.parse_available_output(marked(nodes)) == {}
+    assert _ray.parse_available_output(_ray.AVAILABLE_MARKER + "{not json\n") == {}
+    assert _ray.summarize(nodes)["object_store_used_bytes"] is None
+    assert _ray.summarize([])["object_store_bytes"] == 0
 
 
 def test_compare_names_the_missing_node() -> None:
@@ -151,6 +165,7 @@ def test_main_reports_both_nodes(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert out["ok"] is True and out["changed"] is False
     assert out["node_ips"] == [HEAD, WORKER]
     assert out["gpus"] == 2
+    assert out["object_store_bytes"] == 2 * 2147483648 and out["object_store_used_bytes"] is None
     assert out["polls"] == 1
     assert (tmp_path / "address").read_text().strip() == f"{HEAD}:6379"
 

@@ -257,7 +257,12 @@ def test_cluster_status() -> None:
         "ray",
         ["node1", "node2"],
         nodes,
-        {"ok": False, "msg": "Ray sees 1 of 2 nodes"},
+        {
+            "ok": False,
+            "msg": "Ray sees 1 of 2 nodes",
+            "object_store_bytes": 2147483648,
+            "object_store_used_bytes": 1024,
+        },
         {"status": 200},
         {"json": {"data": [{"id": "tiny"}]}},
         "http://h:8000/v1",
@@ -266,6 +271,7 @@ def test_cluster_status() -> None:
     assert st["problems"] == ["node2: unreachable", "Ray: Ray sees 1 of 2 nodes"]
     assert st["nodes"]["node2"] == {"reachable": False}
     assert st["vllm"]["models"] == ["tiny"]
+    assert st["ray"]["object_store_bytes"] == 2147483648 and st["ray"]["object_store_used_bytes"] == 1024
     ok = _units.cluster_status("docker", "mp", ["node1"], nodes, {}, {"status": 200}, {}, "e")
     assert ok["healthy"] is True and ok["problems"] == []
     down = _units.cluster_status("docker", "mp", ["node1"], nodes, {}, {}, {}, "e")
