@@ -34,6 +34,13 @@ options:
     description: The unit the others must not have started after.
     type: str
     default: vllm
+  spread:
+    description:
+      - Seconds within which O(unit) on the other nodes counts as started together with the head's
+        (mp backend - one task starts the vLLM of every node, some nodes a few seconds after others).
+        A later start is a restart on its own, and stale.
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -60,10 +67,10 @@ from ansible_collections.multinode.vllm.plugins.module_utils._units import (
 from ansible_collections.multinode.vllm.plugins.module_utils._units import stale_members as _stale_members
 
 
-def stale_members(started, head, unit="vllm"):
+def stale_members(started, head, unit="vllm", spread=0):
     if not isinstance(started, dict):
         raise AnsibleFilterError("stale_members: give a dict of host -> {unit: start time}")
-    return _stale_members(dict(started), head, unit)
+    return _stale_members(dict(started), head, unit, int(spread))
 
 
 class FilterModule:

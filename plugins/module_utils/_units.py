@@ -216,10 +216,13 @@ def cluster_gpus(nodes: list[Any]) -> int:
     return total
 
 
-def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vllm") -> list[str]:
+def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vllm", spread: int = 0) -> list[str]:
     """Members that started after ``unit`` on ``head`` ("host unit" strings, inventory order).
 
     ``started``: host -> {unit: start time}; empty when ``unit`` does not run on the head.
+    ``spread``: seconds within which ``unit`` on the other nodes counts as started with the head's
+    (mp: one task starts every node's vLLM at once, a node a few seconds after another); a later
+    start is a restart on its own.
     """
     ref = int((started.get(head) or {}).get(unit) or 0)
     if ref <= 0:
@@ -228,7 +231,7 @@ def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vl
         "%s %s" % (host, name)
         for host, units in started.items()
         for name, t in (units or {}).items()
-        if int(t or 0) > ref and not (host == head and name == unit)
+        if int(t or 0) > ref + (max(int(spread), 0) if name == unit else 0) and not (host == head and name == unit)
     ]
 
 

@@ -218,6 +218,11 @@ def test_status_reports_a_healthy_group(story: Story) -> None:
     }
     assert status["nodes"]["node2"]["processes"]["ray-worker"] == "active"
     assert status["ray"]["node_ips"] == sorted([story.head_fabric, story.tb.node(2).ips["bond0"]])
+    # the object store of both nodes (multinode_ray_object_store_memory each), some of it in use
+    # (inventories/local/group_vars/all/serve.yml: 256 MiB per node)
+    store = int(story.extra.get("multinode_ray_object_store_memory", 268435456))
+    assert abs(status["ray"]["object_store_bytes"] - 2 * store) <= 0.01 * store, status["ray"]
+    assert 0 <= status["ray"]["object_store_used_bytes"] <= status["ray"]["object_store_bytes"], status["ray"]
     assert status["vllm"]["models"] == ["tiny-llama"]
     assert result.hosts["node1"].changed == 0
 

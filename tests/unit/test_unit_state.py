@@ -222,15 +222,26 @@ def test_docker_start_times(value: str, epoch: int) -> None:
         ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": 0}}, []),
         # vLLM not running: nothing to compare with (the health probe restarts it)
         ({"node1": {"ray-head": T0 - 60, "vllm": 0}, "node2": {"ray-worker": T0 + 30}}, []),
-        # mp backend: a headless vLLM restarted after the head's
-        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 3}}, ["node2 vllm"]),
+        # mp backend: one task starts every node's vLLM; within the spread (30 s here) that is one start
+        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 3}}, []),
+        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 30}}, []),
         ({"node1": {"vllm": T0}, "node2": {"vllm": T0}}, []),
+        # ... later, a headless vLLM restarted on its own after the head's
+        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 31}}, ["node2 vllm"]),
+        # the spread is for the vLLM peers only: a Ray worker 3 s after vLLM restarted
+        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": T0 + 3}}, ["node2 ray-worker"]),
         # a node that did not answer has no start times
         ({"node1": {"vllm": T0}, "node2": {}}, []),
     ],
 )
 def test_stale_members(started: dict[str, dict[str, int]], stale: list[str]) -> None:
-    assert FilterModule().filters()["stale_members"](started, "node1") == stale
+    assert FilterModule().filters()["stale_members"](started, "node1", spread=30) == stale
+
+
+def test_stale_members_without_spread_counts_every_later_start() -> None:
+    assert FilterModule().filters()["stale_members"]({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 1}}, "node1") == [
+        "node2 vllm"
+    ]
 
 
 def test_node_status_problems() -> None:
