@@ -34,11 +34,16 @@ options:
     description: The unit the others must not have started after.
     type: str
     default: vllm
+  restarts:
+    description:
+      - Host name -> unit name -> restarts by systemd or Docker on their own since the last start that
+        was asked for (C(restarts) of C(multinode.vllm.unit_state); a manual start resets them).
+    type: dict
   spread:
     description:
-      - Seconds within which O(unit) on the other nodes counts as started together with the head's
-        (mp backend - one task starts the vLLM of every node, some nodes a few seconds after others).
-        A later start is a restart on its own, and stale.
+      - Seconds after the head's O(unit) within which O(unit) on another node counts as the same start
+        (mp backend - one task starts, or restarts, the vLLM of every node; a slow stop delays a node's
+        start), unless O(restarts) says it restarted on its own.
     type: int
     default: 0
 """
@@ -67,10 +72,10 @@ from ansible_collections.multinode.vllm.plugins.module_utils._units import (
 from ansible_collections.multinode.vllm.plugins.module_utils._units import stale_members as _stale_members
 
 
-def stale_members(started, head, unit="vllm", spread=0):
-    if not isinstance(started, dict):
-        raise AnsibleFilterError("stale_members: give a dict of host -> {unit: start time}")
-    return _stale_members(dict(started), head, unit, int(spread))
+def stale_members(started, head, unit="vllm", restarts=None, spread=0):
+    if not isinstance(started, dict) or not isinstance(restarts, (dict, type(None))):
+        raise AnsibleFilterError("stale_members: give dicts of host -> {unit: start time} (and {unit: restarts})")
+    return _stale_members(dict(started), head, unit, None if restarts is None else dict(restarts), int(spread))
 
 
 class FilterModule:

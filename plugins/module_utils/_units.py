@@ -192,6 +192,7 @@ def unit_report(
         "units": out,
         "restart": restart,
         "started_at": {n: s["started_at"] for n, s in out.items()},
+        "restarts": {n: s.get("restarts", 0) for n, s in out.items()},
     }
 
 
@@ -216,22 +217,38 @@ def cluster_gpus(nodes: list[Any]) -> int:
     return total
 
 
-def stale_members(started: dict[str, dict[str, int]], head: str, unit: str = "vllm", spread: int = 0) -> list[str]:
+def stale_members(
+    started: dict[str, dict[str, int]],
+    head: str,
+    unit: str = "vllm",
+    restarts: dict[str, dict[str, int]] | None = None,
+    spread: int = 0,
+) -> list[str]:
     """Members that started after ``unit`` on ``head`` ("host unit" strings, inventory order).
 
     ``started``: host -> {unit: start time}; empty when ``unit`` does not run on the head.
-    ``spread``: seconds within which ``unit`` on the other nodes counts as started with the head's
-    (mp: one task starts every node's vLLM at once, a node a few seconds after another); a later
-    start is a restart on its own.
+    ``unit`` on the other nodes (mp: one task starts every node's vLLM) may start up to ``spread``
+    seconds after the head's and count as the same start, unless ``restarts`` (host -> {unit: restarts
+    by systemd or Docker on their own since the last asked-for start}) says it restarted on its own.
+    A restart of the group stops each node's vLLM first, and a stop can take up to the unit's stop
+    timeout, so the spread must cover it. The other members (Ray) count whenever they started later.
     """
     ref = int((started.get(head) or {}).get(unit) or 0)
     if ref <= 0:
         return []
+
+    def later(host: str, name: str, t: int) -> bool:
+        if t <= ref or (host == head and name == unit):
+            return False
+        if name != unit or t > ref + max(int(spread), 0):
+            return True
+        return restarts is not None and int((restarts.get(host) or {}).get(name) or 0) > 0
+
     return [
         "%s %s" % (host, name)
         for host, units in started.items()
         for name, t in (units or {}).items()
-        if int(t or 0) > ref + (max(int(spread), 0) if name == unit else 0) and not (host == head and name == unit)
+        if later(host, name, int(t or 0))
     ]
 
 

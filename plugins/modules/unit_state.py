@@ -71,6 +71,12 @@ started_at:
   description: Unit name -> started_at, the start times alone.
   type: dict
   returned: always
+restarts:
+  description: >-
+    Unit name -> restarts by systemd (NRestarts) or Docker (RestartCount) on their own since the last
+    start that was asked for (a manual start or restart resets them).
+  type: dict
+  returned: always
 now:
   description: The node's clock when it was read (seconds since the epoch), to tell a unit's age.
   type: int

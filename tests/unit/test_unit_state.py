@@ -159,6 +159,10 @@ def test_each_unit_keeps_its_own_answer(
     )
     assert out["restart"].keys() == {"ray-head"}
     assert out["started_at"] == {"ray-head": T0, "vllm": T0 + 60}
+    # restarts on their own since the last asked-for start (systemd's NRestarts; Docker's RestartCount)
+    assert out["restarts"] == {"ray-head": 0, "vllm": 0}
+    docker = run_main({"runtime": "docker", "units": [{"name": "ray-head"}, {"name": "vllm"}]}, capsys)
+    assert docker["restarts"] == {"ray-head": 1, "vllm": 1}
 
 
 def test_missing_units_and_containers_are_absent(
@@ -222,26 +226,28 @@ def test_docker_start_times(value: str, epoch: int) -> None:
         ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": 0}}, []),
         # vLLM not running: nothing to compare with (the health probe restarts it)
         ({"node1": {"ray-head": T0 - 60, "vllm": 0}, "node2": {"ray-worker": T0 + 30}}, []),
-        # mp backend: one task starts every node's vLLM; within the spread (30 s here) that is one start
-        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 3}}, []),
-        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 30}}, []),
+        # mp backend: a headless vLLM that restarted on its own (restarts 1) after the head's
+        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 3}}, ["node2 vllm"]),
         ({"node1": {"vllm": T0}, "node2": {"vllm": T0}}, []),
-        # ... later, a headless vLLM restarted on its own after the head's
-        ({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 31}}, ["node2 vllm"]),
-        # the spread is for the vLLM peers only: a Ray worker 3 s after vLLM restarted
-        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": T0 + 3}}, ["node2 ray-worker"]),
+        # ... one the collection restarted with the head's, 40 s later behind a slow stop (restarts 0)
+        ({"node1": {"vllm": T0}, "node3": {"vllm": T0 + 40}}, []),
+        # ... one restarted by hand (restarts 0) long after the head's: outside the spread
+        ({"node1": {"vllm": T0}, "node3": {"vllm": T0 + 61}}, ["node3 vllm"]),
+        # the spread is for the vLLM peers: a Ray worker 3 s after vLLM is stale whatever its count
+        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node3": {"ray-worker": T0 + 3}}, ["node3 ray-worker"]),
         # a node that did not answer has no start times
         ({"node1": {"vllm": T0}, "node2": {}}, []),
     ],
 )
 def test_stale_members(started: dict[str, dict[str, int]], stale: list[str]) -> None:
-    assert FilterModule().filters()["stale_members"](started, "node1", spread=30) == stale
+    # node2's units restarted on their own once; node3's were started by the collection
+    restarts = {"node1": {"vllm": 0}, "node2": {"vllm": 1, "ray-worker": 1}, "node3": {"vllm": 0, "ray-worker": 0}}
+    assert FilterModule().filters()["stale_members"](started, "node1", restarts=restarts, spread=60) == stale
 
 
 def test_stale_members_without_spread_counts_every_later_start() -> None:
-    assert FilterModule().filters()["stale_members"]({"node1": {"vllm": T0}, "node2": {"vllm": T0 + 1}}, "node1") == [
-        "node2 vllm"
-    ]
+    late = {"node1": {"vllm": T0}, "node3": {"vllm": T0 + 1}}
+    assert FilterModule().filters()["stale_members"](late, "node1", restarts={"node3": {"vllm": 0}}) == ["node3 vllm"]
 
 
 def test_node_status_problems() -> None:
