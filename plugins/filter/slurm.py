@@ -1,0 +1,107 @@
+# Copyright (c) multinode.vllm developers
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The SLURM path's rules as Jinja2 filters (plugins/module_utils/_slurm.py)."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+# The other filters of this file are documented beside it: slurm_option_problems.yml,
+# slurm_capacity.yml, slurm_decide.yml, slurm_node_conf.yml, slurm_job.yml.
+DOCUMENTATION = r"""
+name: slurm_parallel
+short_description: Tensor and pipeline parallel sizes of a SLURM job, checked against its GPUs
+description:
+  - TP = GPUs per node and PP = nodes unless given (the layout of seed 002); C(problem) says, with
+    numbers, when TP x PP is not the job's GPU count.
+author: multinode.vllm developers (@multinode)
+options:
+  _input:
+    description: Nodes of the job (C(slurm_nodes)).
+    type: int
+    required: true
+  gpus_per_node:
+    description: GPUs per node (C(slurm_gpus_per_node)).
+    type: int
+    required: true
+  tensor_parallel_size:
+    description: The inventory's TP; empty for the default.
+    type: raw
+    default: ""
+  pipeline_parallel_size:
+    description: The inventory's PP; empty for the default.
+    type: raw
+    default: ""
+"""
+
+EXAMPLES = r"""
+- name: Show the job's layout
+  ansible.builtin.debug:
+    msg: "{{ slurm_nodes | multinode.vllm.slurm_parallel(slurm_gpus_per_node) }}"
+"""
+
+RETURN = r"""
+_value:
+  description: tensor_parallel_size, pipeline_parallel_size, gpus, problem.
+  type: dict
+"""
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.multinode.vllm.plugins.module_utils import _slurm
+
+
+def _int(value, name):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise AnsibleFilterError("%s: not an integer: %r" % (name, value))
+
+
+def slurm_parallel(nodes, gpus_per_node, tensor_parallel_size="", pipeline_parallel_size=""):
+    return _slurm.parallel_layout(
+        _int(nodes, "slurm_nodes"), _int(gpus_per_node, "slurm_gpus_per_node"), tensor_parallel_size, pipeline_parallel_size
+    )
+
+
+def slurm_option_problems(options):
+    if not isinstance(options, dict):
+        raise AnsibleFilterError("slurm_option_problems: give a dict of slurm_* variable -> value")
+    return _slurm.option_problems(options)
+
+
+def slurm_capacity(sinfo, partition, partition_text, nodes, gpus_per_node):
+    info = _slurm.parse_key_values(partition_text or "") if partition_text else {}
+    return _slurm.capacity_problem(
+        partition, info, _slurm.parse_sinfo_nodes(sinfo or ""), _int(nodes, "nodes"), _int(gpus_per_node, "gpus_per_node")
+    )
+
+
+def slurm_decide(squeue, script, secrets_digest=""):
+    comment = _slurm.job_identity(script, secrets_digest)
+    jobs = _slurm.parse_squeue(squeue or "")
+    return dict(_slurm.decide(jobs, comment), comment=comment, jobs=jobs)
+
+
+def slurm_node_conf(slurmd_c, gpus, memory_fraction=1.0):
+    try:
+        return _slurm.node_conf(_slurm.parse_slurmd_c(slurmd_c or ""), _int(gpus, "gpus"), float(memory_fraction))
+    except ValueError as exc:
+        raise AnsibleFilterError("slurm_node_conf: %s" % exc)
+
+
+def slurm_job(scontrol_text):
+    if not (scontrol_text or "").strip():
+        return {}
+    return _slurm.job_status(_slurm.parse_key_values(scontrol_text))
+
+
+class FilterModule:
+    def filters(self):
+        return {
+            "slurm_parallel": slurm_parallel,
+            "slurm_option_problems": slurm_option_problems,
+            "slurm_capacity": slurm_capacity,
+            "slurm_decide": slurm_decide,
+            "slurm_node_conf": slurm_node_conf,
+            "slurm_job": slurm_job,
+        }
