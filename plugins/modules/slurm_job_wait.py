@@ -30,7 +30,9 @@ options:
     type: int
     default: 600
   health_url:
-    description: URL that must answer 200 once the job runs (vLLM's /health); empty to skip. C({head}) is replaced by the job's first node.
+    description:
+      - URL that must answer 200 once the job runs (vLLM's /health); empty to skip.
+      - C({head}) is replaced by the address of the job's first node (its NodeAddr).
     type: str
     default: ""
   health_timeout:
@@ -59,7 +61,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 job:
-  description: The job's status (job_id, state, reason, nodes, head, elapsed, time_limit, output).
+  description: The job's status (job_id, state, reason, nodes, head, head_addr, elapsed, time_limit, output).
   returned: always
   type: dict
 pending_reasons:
@@ -92,6 +94,14 @@ def read_job(module, job_id):
             return {}
         module.fail_json(msg="scontrol show job %s failed (rc %s): %s" % (job_id, rc, err.strip() or out.strip()))
     return job_status(parse_key_values(out))
+
+
+def node_addr(module, node):
+    """The address SLURM reaches a node at (NodeAddr); the name when scontrol does not say."""
+    if not node:
+        return ""
+    rc, out, dummy = module.run_command(["scontrol", "show", "node", "-o", node])
+    return parse_key_values(out).get("NodeAddr", node) if rc == 0 else node
 
 
 def tail(path, lines):
@@ -173,14 +183,15 @@ def main():
             )
         time.sleep(p["poll_interval"])
 
+    last["head_addr"] = node_addr(module, last.get("head", ""))
     if p["health_url"]:
-        url = p["health_url"].replace("{head}", last.get("head", ""))
+        url = p["health_url"].replace("{head}", last["head_addr"])
         deadline = time.monotonic() + p["health_timeout"]
         while not healthy(url):
             job = read_job(module, p["job_id"])
             if not job or job["finished"]:
                 died(job, "before %s answered" % url)
-            last = job
+            last = dict(job, head_addr=last["head_addr"])
             if time.monotonic() > deadline:
                 lines = tail(output_path, p["output_lines"])
                 module.fail_json(
