@@ -54,12 +54,15 @@ def _int(value, name):
     try:
         return int(value)
     except (TypeError, ValueError):
-        raise AnsibleFilterError("%s: not an integer: %r" % (name, value))
+        raise AnsibleFilterError("%s: not an integer: %r" % (name, value)) from None
 
 
 def slurm_parallel(nodes, gpus_per_node, tensor_parallel_size="", pipeline_parallel_size=""):
     return _slurm.parallel_layout(
-        _int(nodes, "slurm_nodes"), _int(gpus_per_node, "slurm_gpus_per_node"), tensor_parallel_size, pipeline_parallel_size
+        _int(nodes, "slurm_nodes"),
+        _int(gpus_per_node, "slurm_gpus_per_node"),
+        tensor_parallel_size,
+        pipeline_parallel_size,
     )
 
 
@@ -72,7 +75,11 @@ def slurm_option_problems(options):
 def slurm_capacity(sinfo, partition, partition_text, nodes, gpus_per_node):
     info = _slurm.parse_key_values(partition_text or "") if partition_text else {}
     return _slurm.capacity_problem(
-        partition, info, _slurm.parse_sinfo_nodes(sinfo or ""), _int(nodes, "nodes"), _int(gpus_per_node, "gpus_per_node")
+        partition,
+        info,
+        _slurm.parse_sinfo_nodes(sinfo or ""),
+        _int(nodes, "nodes"),
+        _int(gpus_per_node, "gpus_per_node"),
     )
 
 
@@ -86,7 +93,7 @@ def slurm_node_conf(slurmd_c, gpus, memory_fraction=1.0):
     try:
         return _slurm.node_conf(_slurm.parse_slurmd_c(slurmd_c or ""), _int(gpus, "gpus"), float(memory_fraction))
     except ValueError as exc:
-        raise AnsibleFilterError("slurm_node_conf: %s" % exc)
+        raise AnsibleFilterError("slurm_node_conf: %s" % exc) from None
 
 
 def slurm_job(scontrol_text):

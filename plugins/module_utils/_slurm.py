@@ -40,7 +40,9 @@ USABLE_NODE_STATES = frozenset({"idle", "mixed", "allocated", "completing", "pla
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 # sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or UNLIMITED / INFINITE.
-TIME_RE = re.compile(r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|INFINITE)$")
+TIME_RE = re.compile(
+    r"^(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}|UNLIMITED|INFINITE)$"
+)
 HOSTLIST_RE = re.compile(r"^[A-Za-z0-9_.\-\[\],]+$")
 GRES_GPU_RE = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
 
@@ -49,7 +51,7 @@ GRES_GPU_RE = re.compile(r"gpu(?::[A-Za-z0-9_.-]+)?:(\d+)")
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, str) and value.isdigit())
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
 
 
 def option_problems(opts: Mapping[str, Any]) -> list[str]:
@@ -88,8 +90,12 @@ def option_problems(opts: Mapping[str, Any]) -> list[str]:
             "(the job's output and its secrets file live there)",
         )
     extra = opts.get("slurm_extra_directives", [])
-    if not isinstance(extra, list) or not all(isinstance(x, str) and x.startswith("--") and "\n" not in x for x in extra):
-        bad("slurm_extra_directives", "use a list of sbatch options, one per item, each starting with -- (e.g. --mem=0)")
+    if not isinstance(extra, list) or not all(
+        isinstance(x, str) and x.startswith("--") and "\n" not in x for x in extra
+    ):
+        bad(
+            "slurm_extra_directives", "use a list of sbatch options, one per item, each starting with -- (e.g. --mem=0)"
+        )
     return problems
 
 
@@ -148,7 +154,7 @@ def parse_sinfo_nodes(text: str) -> list[dict[str, Any]]:
         if len(parts) < 3 or not parts[0]:
             continue
         state = parts[1].strip().lower().rstrip("*~#!%$@^-+")
-        node = {
+        node: dict[str, Any] = {
             "name": parts[0].strip(),
             "state": state,
             "gpus": gres_gpus(parts[2]),
@@ -175,7 +181,10 @@ def capacity_problem(
         )
     state = partition_info.get("State", "UP")
     if state != "UP":
-        return f"partition {partition!r} is {state}, not UP: jobs do not start there. Fix: ask the admins, or use another slurm_partition"
+        return (
+            f"partition {partition!r} is {state}, not UP: jobs do not start there. "
+            "Fix: ask the admins, or use another slurm_partition"
+        )
     listed = list(nodes)
     usable = [n for n in listed if n.get("usable")]
     fit = [n for n in usable if int(n.get("gpus", 0)) >= want_gpus_per_node]
@@ -186,7 +195,8 @@ def capacity_problem(
     return (
         f"partition {partition!r} cannot hold the plan: it needs {want_nodes} nodes x {want_gpus_per_node} GPUs = "
         f"{want_nodes * want_gpus_per_node} GPUs, the partition has {len(listed)} nodes "
-        f"({sum(int(n.get('gpus', 0)) for n in listed)} GPUs), {len(fit)} of them up with {want_gpus_per_node} or more GPUs"
+        f"({sum(int(n.get('gpus', 0)) for n in listed)} GPUs), "
+        f"{len(fit)} of them up with {want_gpus_per_node} or more GPUs"
         + (f"; not usable: {', '.join(down)}" if down else "")
         + (f"; MaxNodes={max_nodes}" if max_nodes not in ("UNLIMITED", "") else "")
         + ". Fix: use a partition with enough GPU nodes (slurm_partition), or a smaller plan "
@@ -202,9 +212,7 @@ def parse_squeue(text: str) -> list[dict[str, str]]:
         parts = raw.strip().split("|")
         if len(parts) < 2 or not parts[0].strip():
             continue
-        job = dict(zip(keys, (p.strip() for p in parts)))
-        for k in keys:
-            job.setdefault(k, "")
+        job = {k: (parts[i].strip() if i < len(parts) else "") for i, k in enumerate(keys)}
         jobs.append(job)
     return jobs
 

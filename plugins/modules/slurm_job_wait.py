@@ -100,7 +100,7 @@ def node_addr(module, node):
     """The address SLURM reaches a node at (NodeAddr); the name when scontrol does not say."""
     if not node:
         return ""
-    rc, out, dummy = module.run_command(["scontrol", "show", "node", "-o", node])
+    rc, out, _err = module.run_command(["scontrol", "show", "node", "-o", node])
     return parse_key_values(out).get("NodeAddr", node) if rc == 0 else node
 
 

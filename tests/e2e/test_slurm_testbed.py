@@ -49,7 +49,12 @@ def bed(node_venv: Path) -> Iterator[tb.Testbed]:
 
 
 def play(
-    run_ansible: Callable[..., Any], bed: tb.Testbed, playbook: str, *, phase: str, extra: dict[str, Any] | None = None,
+    run_ansible: Callable[..., Any],
+    bed: tb.Testbed,
+    playbook: str,
+    *,
+    phase: str,
+    extra: dict[str, Any] | None = None,
     ok: bool = True,
 ) -> tuple[dict[str, int], str]:
     t0 = time.monotonic()
@@ -144,7 +149,11 @@ def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansibl
 
     # a job that dies at start: the gate stops with the tail of its output, soon after it died
     _, out = play(
-        run_ansible, bed, "playbooks/slurm.yml", phase="dies at start", ok=False,
+        run_ansible,
+        bed,
+        "playbooks/slurm.yml",
+        phase="dies at start",
+        ok=False,
         extra={"multinode_backend": "mp", "multinode_model": f"{bed.shared_dir}/models/missing"},
     )
     stopped_at = time.time()
@@ -157,7 +166,10 @@ def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansibl
     assert end, job
     # the nodes share this machine's clock (UTC)
     after_death = stopped_at - calendar.timegm(time.strptime(end.group(1), "%Y-%m-%dT%H:%M:%S"))
-    print(f"[slurm dies at start] job {died.group(1)} {re.search(r'JobState=[A-Z_]+', job)}; the run ended {after_death:.0f} s after it")
+    print(
+        f"[slurm dies at start] job {died.group(1)} {re.search(r'JobState=[A-Z_]+', job)}; "
+        f"the run ended {after_death:.0f} s after it"
+    )
     assert after_death < 60
 
     play(run_ansible, bed, "playbooks/slurm_teardown.yml", phase="teardown")

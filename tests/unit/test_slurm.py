@@ -145,7 +145,9 @@ def test_scontrol_job_status() -> None:
     job = FILTERS["slurm_job"](JOB_RUNNING)
     assert job["job_id"] == "7" and job["running"] and not job["finished"]
     assert (job["nodes"], job["head"], job["output"]) == ("node[2-3]", "node2", "/srv/x/multinode-vllm-7.out")
-    failed = FILTERS["slurm_job"](JOB_RUNNING.replace("RUNNING", "FAILED").replace("Reason=None", "Reason=NonZeroExitCode"))
+    failed = FILTERS["slurm_job"](
+        JOB_RUNNING.replace("RUNNING", "FAILED").replace("Reason=None", "Reason=NonZeroExitCode")
+    )
     assert failed["finished"] and failed["reason"] == "NonZeroExitCode"
     assert FILTERS["slurm_job"]("") == {}
 
@@ -220,7 +222,8 @@ line=$(head -n1 {tmp_path}/states); rest=$(tail -n +2 {tmp_path}/states)
 [ -n "$rest" ] && printf '%s\\n' "$rest" > {tmp_path}/states
 set -- $line
 [ "$1" = GONE ] && {{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }}
-echo "JobId=7 JobName=multinode-vllm JobState=$1 Reason=$2 RunTime=00:00:05 NodeList=node[2-3] BatchHost=node2 StdOut={out_file}"
+echo "JobId=7 JobName=multinode-vllm JobState=$1 Reason=$2 RunTime=00:00:05 NodeList=node[2-3] \\
+  BatchHost=node2 StdOut={out_file}"
 """
     tool = bin_dir / "scontrol"
     tool.write_text(script)
@@ -282,16 +285,24 @@ def test_a_job_gone_from_the_queue_and_a_pending_timeout(
 
 def test_the_sbatch_template_keeps_secrets_out_and_uses_srun_overlap() -> None:
     text = (ROOT / "roles/slurm/templates/vllm.sbatch.j2").read_text()
-    assert "srun --overlap -N1 -n1 -w \"$HEAD\"" in text and "--headless" in text
+    assert 'srun --overlap -N1 -n1 -w "$HEAD"' in text and "--headless" in text
     assert "_slurm_secrets_path" in text and "_slurm_api_key" not in text and "hf_token" not in text
 
 
 def test_the_install_templates_follow_the_verified_settings() -> None:
     conf = (ROOT / "roles/slurm/templates/slurm.conf.j2").read_text()
-    for line in ("ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres", "GresTypes=gpu"):
+    for line in (
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "GresTypes=gpu",
+    ):
         assert line in conf
     assert "cgroup" not in conf.replace("no cgroup plugin", "")
     gres = (ROOT / "roles/slurm/templates/gres.conf.j2").read_text()
     config = [ln for ln in gres.splitlines() if not ln.startswith("#")]
     assert "AutoDetect=off" in config and not any("Count=" in ln for ln in config)
-    assert "NodeName={{ hostvars[host]['ansible_facts']['hostname'] }} Name=gpu File={{ slurm_gres_file_prefix }}{{ gpu }}" in config
+    assert (
+        "NodeName={{ hostvars[host]['ansible_facts']['hostname'] }} Name=gpu File={{ slurm_gres_file_prefix }}{{ gpu }}"
+        in config
+    )

@@ -315,7 +315,9 @@ def _build(workdir: Path, want: str, steps: Steps, t0: float, image: str = IMAGE
         "seconds": round(time.monotonic() - t0, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (workdir / ("build.json" if image == IMAGE else f"build-{image.rsplit(':', 1)[-1]}.json")).write_text(json.dumps(record, indent=2) + "\n")
+    (workdir / ("build.json" if image == IMAGE else f"build-{image.rsplit(':', 1)[-1]}.json")).write_text(
+        json.dumps(record, indent=2) + "\n"
+    )
     # Old images of this name lose their tag on import; remove them if nothing uses them.
     podman("image", "prune", "-f", "--filter", f"label={RECIPE_LABEL}", check=False)
     return record

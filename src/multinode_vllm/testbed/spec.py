@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multinode_vllm.testbed.image import IMAGE, SLURM_IMAGE
 from multinode_vllm.testbed.podman import UsageError
 
 DEFAULT_NAME = "mnv"
@@ -69,7 +70,9 @@ class TestbedSpec:
         if self.subnet_index is not None and not 1 <= self.subnet_index <= 254:
             raise UsageError(f"--subnet-index {self.subnet_index}: use 1..254 (the second octet of 10.I.0.0/16)")
         if self.layout == "slurm" and self.nodes < 2:
-            raise UsageError(f"--nodes {self.nodes}: the slurm layout needs 2 or more (node1 the controller, the rest compute)")
+            raise UsageError(
+                f"--nodes {self.nodes}: the slurm layout needs 2 or more (node1 the controller, the rest compute)"
+            )
         if not 1 <= self.gpus_per_node <= 16:
             raise UsageError(f"--gpus-per-node {self.gpus_per_node}: use 1..16")
         if not SIZE_RE.match(self.shm_size):
@@ -86,8 +89,6 @@ class TestbedSpec:
     @property
     def image(self) -> str:
         """The node image tag: the SLURM layout's carries Debian's slurm-wlm and munge."""
-        from multinode_vllm.testbed.image import IMAGE, SLURM_IMAGE
-
         return SLURM_IMAGE if self.layout == "slurm" else IMAGE
 
     def resolved_index(self) -> int:
