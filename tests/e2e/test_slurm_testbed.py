@@ -140,7 +140,14 @@ def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansibl
 
     # a partition too small for the plan: stopped before sbatch, with numbers
     before = sh(bed, 1, "squeue -h -o %i").split()
-    _, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="too small", extra={"slurm_nodes": 3}, ok=False)
+    _, out = play(
+        run_ansible,
+        bed,
+        "playbooks/slurm.yml",
+        phase="too small",
+        ok=False,
+        extra={"slurm_nodes": 3, "vllm_serve_pipeline_parallel_size": 3},  # a plan of PP 3 over 3 nodes
+    )
     flat = " ".join(out.split())
     assert "needs 3 nodes x 1 GPUs = 3 GPUs, the partition has 2 nodes" in flat, out[-3000:]
     assert sh(bed, 1, "squeue -h -o %i").split() == before  # nothing submitted, nothing cancelled
