@@ -6,45 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-# The other filters of this file are documented beside it: slurm_option_problems.yml,
+# The filters are documented beside this file: slurm_parallel.yml, slurm_option_problems.yml,
 # slurm_capacity.yml, slurm_decide.yml, slurm_node_conf.yml, slurm_job.yml.
-DOCUMENTATION = r"""
-name: slurm_parallel
-short_description: Tensor and pipeline parallel sizes of a SLURM job, checked against its GPUs
-description:
-  - TP = GPUs per node and PP = nodes unless given (the layout of seed 002); C(problem) says, with
-    numbers, when TP x PP is not the job's GPU count.
-author: multinode.vllm developers (@multinode)
-options:
-  _input:
-    description: Nodes of the job (C(slurm_nodes)).
-    type: int
-    required: true
-  gpus_per_node:
-    description: GPUs per node (C(slurm_gpus_per_node)).
-    type: int
-    required: true
-  tensor_parallel_size:
-    description: The inventory's TP; empty for the default.
-    type: raw
-    default: ""
-  pipeline_parallel_size:
-    description: The inventory's PP; empty for the default.
-    type: raw
-    default: ""
-"""
-
-EXAMPLES = r"""
-- name: Show the job's layout
-  ansible.builtin.debug:
-    msg: "{{ slurm_nodes | multinode.vllm.slurm_parallel(slurm_gpus_per_node) }}"
-"""
-
-RETURN = r"""
-_value:
-  description: tensor_parallel_size, pipeline_parallel_size, gpus, problem.
-  type: dict
-"""
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils import _slurm
