@@ -174,7 +174,7 @@ def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansibl
     # the nodes share this machine's clock (UTC)
     after_death = stopped_at - calendar.timegm(time.strptime(end.group(1), "%Y-%m-%dT%H:%M:%S"))
     print(
-        f"[slurm dies at start] job {died.group(1)} {re.search(r'JobState=[A-Z_]+', job)}; "
+        f"[slurm dies at start] job {died.group(1)} {re.findall(r'JobState=[A-Z_]+', job)}; "
         f"the run ended {after_death:.0f} s after it"
     )
     assert after_death < 60
@@ -184,6 +184,7 @@ def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansibl
     states = set(sh(bed, 1, "sinfo -h -N -o %T").split())
     assert states == {"idle"}, states
     for index in (2, 3):
-        left = sh(bed, index, "pgrep -a -f 'bin/(ray|vllm) |raylet|gcs_server|RayWorkerProc|EngineCore' || true")
-        assert left.strip() == "", f"node{index}: {left}"
+        args = sh(bed, index, "ps -eo args").splitlines()
+        left = [a for a in args if re.search(r"bin/(ray|vllm) |raylet|gcs_server|RayWorkerProc|EngineCore", a)]
+        assert left == [], f"node{index}: {left}"
     print(f"\n[slurm phases] {PHASES}; whole story {round(time.monotonic() - t_all, 1)} s")
