@@ -37,7 +37,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up = sub.add_parser("up", help="start a test bed (idempotent)")
     up.add_argument("--name", default="mnv", help="prefix of every podman object (default: mnv)")
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
-    up.add_argument("--layout", choices=("bond0", "droplet"), default="bond0", help="NIC layout (default: bond0)")
+    up.add_argument(
+        "--layout",
+        choices=("bond0", "droplet", "slurm"),
+        default="bond0",
+        help="NIC layout (default: bond0); slurm: bond0 NICs, node1 the SLURM controller + login, the others compute",
+    )
     up.add_argument("--rails", type=int, default=2, help="droplet: data rails eth2.. (default: 2)")
     up.add_argument(
         "--subnet-index",

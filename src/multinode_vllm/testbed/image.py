@@ -23,6 +23,8 @@ from multinode_vllm.testbed.podman import TestbedError, podman, run, tar_pipe
 from multinode_vllm.testbed.state import Steps, image_dir
 
 IMAGE = "localhost/multinode-vllm-node:bookworm"
+#: The SLURM test bed's image: the node image plus Debian's SLURM 22.05 and munge.
+SLURM_IMAGE = "localhost/multinode-vllm-node:bookworm-slurm"
 RECIPE_LABEL = "multinode-vllm.recipe"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -64,6 +66,12 @@ PasswordAuthentication no
 UseDNS no
 """
 
+#: Packages added on top of PACKAGES, per image tag (part of that image's recipe).
+EXTRA_PACKAGES: dict[str, tuple[str, ...]] = {
+    IMAGE: (),
+    SLURM_IMAGE: ("slurm-wlm", "munge"),
+}
+
 #: Files written into the rootfs (path -> content); part of the recipe hash.
 FILES = {
     "etc/systemd/system/ssh-hostkeys.service": HOSTKEYS_UNIT,
@@ -76,19 +84,25 @@ MASKED = ("getty@tty1.service", "console-getty.service", "serial-getty@.service"
 PREPARE_VERSION = 2
 
 
-def recipe() -> dict[str, Any]:
+def packages(image: str = IMAGE) -> tuple[str, ...]:
+    if image not in EXTRA_PACKAGES:
+        raise TestbedError(f"unknown node image {image!r}: use one of {', '.join(EXTRA_PACKAGES)}")
+    return PACKAGES + EXTRA_PACKAGES[image]
+
+
+def recipe(image: str = IMAGE) -> dict[str, Any]:
     return {
         "suite": SUITE,
         "variant": "minbase",
-        "packages": list(PACKAGES),
+        "packages": list(packages(image)),
         "files": FILES,
         "masked": list(MASKED),
         "prepare_version": PREPARE_VERSION,
     }
 
 
-def recipe_hash() -> str:
-    blob = json.dumps(recipe(), sort_keys=True).encode()
+def recipe_hash(image: str = IMAGE) -> str:
+    blob = json.dumps(recipe(image), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -230,41 +244,42 @@ def import_rootfs(root: Path, image: str, label: str) -> None:
         raise TestbedError(f"podman import of {root} failed ({imp.returncode}): {imp.stderr}")
 
 
-def ensure_image(steps: Steps | None = None, *, force: bool = False) -> dict[str, Any]:
-    """The node image, built when missing or when its recipe changed. Returns a build record."""
+def ensure_image(steps: Steps | None = None, *, force: bool = False, image: str = IMAGE) -> dict[str, Any]:
+    """The node image ``image`` (IMAGE or SLURM_IMAGE), built when missing or when its recipe
+    changed. Returns a build record."""
     steps = steps or Steps("image")
-    want = recipe_hash()
+    want = recipe_hash(image)
     t0 = time.monotonic()
-    if not force and image_recipe_label() == want:
-        return {"image": IMAGE, "recipe": want, "cached": True, "seconds": round(time.monotonic() - t0, 2)}
+    if not force and image_recipe_label(image) == want:
+        return {"image": image, "recipe": want, "cached": True, "seconds": round(time.monotonic() - t0, 2)}
     workdir = image_dir()
     workdir.mkdir(parents=True, exist_ok=True)
     # Two test beds coming up at once must not both debootstrap: one builds, the other waits.
     with open(workdir / "build.lock", "w", encoding="utf-8") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if not force and image_recipe_label() == want:
+        if not force and image_recipe_label(image) == want:
             return {
-                "image": IMAGE,
+                "image": image,
                 "recipe": want,
                 "cached": True,
                 "seconds": round(time.monotonic() - t0, 2),
             }
-        return _build(workdir, want, steps, t0)
+        return _build(workdir, want, steps, t0, image)
 
 
-def _build(workdir: Path, want: str, steps: Steps, t0: float) -> dict[str, Any]:
+def _build(workdir: Path, want: str, steps: Steps, t0: float, image: str = IMAGE) -> dict[str, Any]:
     mirror = host_mirror()
     root = workdir / f"rootfs-{want}"
     remove_rootfs(root)
     log = workdir / "debootstrap.log"
-    steps.say(f"building node image {IMAGE} (debootstrap {SUITE} from {mirror}; about a minute)")
+    steps.say(f"building node image {image} (debootstrap {SUITE} from {mirror}; about a minute)")
     t = time.monotonic()
     with open(log, "w", encoding="utf-8") as out:
         proc = subprocess.run(
             [
                 "debootstrap",
                 "--variant=minbase",
-                f"--include={','.join(PACKAGES)}",
+                f"--include={','.join(packages(image))}",
                 "--components=main",
                 SUITE,
                 str(root),
@@ -285,12 +300,12 @@ def _build(workdir: Path, want: str, steps: Steps, t0: float) -> dict[str, Any]:
     t = time.monotonic()
     steps.say("importing the node image")
     try:
-        import_rootfs(root, IMAGE, want)
+        import_rootfs(root, image, want)
     finally:
         remove_rootfs(root)
     import_s = time.monotonic() - t
     record = {
-        "image": IMAGE,
+        "image": image,
         "recipe": want,
         "cached": False,
         "mirror": mirror,
@@ -300,7 +315,9 @@ def _build(workdir: Path, want: str, steps: Steps, t0: float) -> dict[str, Any]:
         "seconds": round(time.monotonic() - t0, 1),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
-    (workdir / "build.json").write_text(json.dumps(record, indent=2) + "\n")
+    (workdir / ("build.json" if image == IMAGE else f"build-{image.rsplit(':', 1)[-1]}.json")).write_text(
+        json.dumps(record, indent=2) + "\n"
+    )
     # Old images of this name lose their tag on import; remove them if nothing uses them.
     podman("image", "prune", "-f", "--filter", f"label={RECIPE_LABEL}", check=False)
     return record

@@ -22,6 +22,7 @@ from multinode_vllm.testbed import inventory as inv
 from multinode_vllm.testbed import standins
 from multinode_vllm.testbed.podman import TestbedError, UsageError, ensure_tools, podman, podman_json, run
 from multinode_vllm.testbed.spec import (
+    FAKE_GPU_DIR,
     NetworkPlan,
     NodePlan,
     TestbedSpec,
@@ -168,7 +169,7 @@ def up(spec: TestbedSpec, *, quiet: bool = False) -> Testbed:
     steps.say(f"{spec.nodes} nodes, layout {spec.layout}, subnet 10.{spec.resolved_index()}.0.0/16")
     steps.mark("checks")
 
-    built = image_mod.ensure_image(steps)
+    built = image_mod.ensure_image(steps, image=spec.image)
     steps.say("node image " + ("cached" if built["cached"] else f"built in {built['seconds']}s"))
     steps.mark("image")
 
@@ -193,7 +194,7 @@ def up(spec: TestbedSpec, *, quiet: bool = False) -> Testbed:
     steps.mark("stand-ins built")
 
     for node in nodes:  # node1 (the head) first
-        podman(*_run_args(spec, node, nets, shared), image_mod.IMAGE, "/sbin/init")
+        podman(*_run_args(spec, node, nets, shared), spec.image, "/sbin/init")
     steps.say(f"started {len(nodes)} node containers")
     steps.mark("containers")
 
@@ -201,6 +202,9 @@ def up(spec: TestbedSpec, *, quiet: bool = False) -> Testbed:
     for node in nodes:
         _install_key(node.container, pub)
         standins.install(node.container, artefacts)
+        if spec.layout == "slurm":  # gres.conf's File= lines: one distinct file per fake GPU
+            files = " ".join(f"{FAKE_GPU_DIR}/nvidia{g}" for g in range(spec.gpus_per_node))
+            podman("exec", node.container, "sh", "-c", f"mkdir -p {FAKE_GPU_DIR} && touch {files}")
     steps.mark("keys and stand-ins")
 
     _wait_ssh(spec.name, nodes, key, steps)
@@ -288,7 +292,7 @@ def _state_record(
         "name": spec.name,
         "params": spec.params(),
         "layout": spec.layout,
-        "image": image_mod.IMAGE,
+        "image": spec.image,
         "image_recipe": built["recipe"],
         "ssh_key": str(key),
         "shared_dir": str(spec.resolved_shared_dir()),

@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from multinode_vllm.testbed.image import IMAGE, SLURM_IMAGE
 from multinode_vllm.testbed.podman import UsageError
 
 DEFAULT_NAME = "mnv"
-LAYOUTS = ("bond0", "droplet")
+LAYOUTS = ("bond0", "droplet", "slurm")
+#: Where the slurm layout's nodes get one empty file per fake GPU (gres.conf's File=, one per GPU).
+FAKE_GPU_DIR = "/var/lib/multinode-vllm-fake-gpu"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
 SIZE_RE = re.compile(r"^[1-9][0-9]*[kmgKMG]?$")
 INDEX_RANGE = (200, 250)  # default subnet indexes: 10.200.x.x .. 10.249.x.x
@@ -66,6 +69,10 @@ class TestbedSpec:
             raise UsageError(f"--rails {self.rails}: use 1..{MAX_RAILS} (data rails eth2..eth{MAX_RAILS + 1})")
         if self.subnet_index is not None and not 1 <= self.subnet_index <= 254:
             raise UsageError(f"--subnet-index {self.subnet_index}: use 1..254 (the second octet of 10.I.0.0/16)")
+        if self.layout == "slurm" and self.nodes < 2:
+            raise UsageError(
+                f"--nodes {self.nodes}: the slurm layout needs 2 or more (node1 the controller, the rest compute)"
+            )
         if not 1 <= self.gpus_per_node <= 16:
             raise UsageError(f"--gpus-per-node {self.gpus_per_node}: use 1..16")
         if not SIZE_RE.match(self.shm_size):
@@ -78,6 +85,11 @@ class TestbedSpec:
                 f"--shared-dir {shared}: use a dedicated absolute directory (it is mounted at the same "
                 "path in every node and deleted by 'down --purge')"
             )
+
+    @property
+    def image(self) -> str:
+        """The node image tag: the SLURM layout's carries Debian's slurm-wlm and munge."""
+        return SLURM_IMAGE if self.layout == "slurm" else IMAGE
 
     def resolved_index(self) -> int:
         return self.subnet_index if self.subnet_index is not None else default_subnet_index(self.name)
@@ -119,7 +131,7 @@ class NetworkPlan:
 
 
 def plan_networks(spec: TestbedSpec) -> list[NetworkPlan]:
-    if spec.layout == "bond0":
+    if spec.layout in ("bond0", "slurm"):
         roles = [("mgmt", "eth0", False), ("fabric", "bond0", True)]
     else:
         roles = [("pub", "eth0", False), ("vpc", "eth1", True)]

@@ -1,0 +1,190 @@
+"""The SLURM path (seed 002) end to end on its own test bed (mnv-slurm, layout slurm): node1 the
+slurmctld + login host, node2 and node3 slurmd compute nodes with one fake GPU each, SLURM 22.05
+(Debian's slurm-wlm) installed by the collection's own role.
+
+One story, in order: install SLURM; submit with the ray backend (PP 2 across the
+two compute nodes; the job's gate prints that Ray sees both and `ray status` lists two active
+nodes); a chat answer through the endpoint; a rerun keeps the job (changed=0, same id); the backend
+changed to mp (a changed serve variable) replaces it (new id, new answer: both backends served);
+status shows the job; a partition too small for the plan is stopped before sbatch with numbers; a
+job whose vLLM dies at start (a model path that does not exist) is stopped by the gate with the tail
+of its output, well within a minute of dying; teardown leaves squeue empty, the nodes idle and no
+Ray or vLLM process on either compute node. Phase times are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multinode_vllm import testbed as tb
+from multinode_vllm.testbed.tinymodel import make_tiny_llama
+
+pytestmark = pytest.mark.e2e
+
+NAME = "mnv-slurm"
+KEY = "mnv-testbed-key"  # inventories/local/group_vars/all/serve.yml
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+JOB = re.compile(r"SLURM job (\d+) \((kept|submitted)\) on (\S+), backend (\w+)")
+PHASES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def bed(node_venv: Path) -> Iterator[tb.Testbed]:
+    tb.down(NAME)  # from bare nodes, even after an interrupted session
+    b = tb.up(tb.TestbedSpec(name=NAME, nodes=3, layout="slurm", gpus_per_node=1, local_inventory=False))
+    try:
+        make_tiny_llama(Path(b.shared_dir) / "models" / "tiny-llama", quiet=True)
+        yield b
+    finally:
+        tb.down(NAME)
+
+
+def play(
+    run_ansible: Callable[..., Any],
+    bed: tb.Testbed,
+    playbook: str,
+    *,
+    phase: str,
+    extra: dict[str, Any] | None = None,
+    ok: bool = True,
+) -> tuple[dict[str, int], str]:
+    t0 = time.monotonic()
+    args = ["-i", str(bed.inventory), playbook] + (["-e", json.dumps(extra)] if extra else [])
+    proc = run_ansible("ansible-playbook", *args, timeout=600)
+    PHASES[phase] = round(time.monotonic() - t0, 1)
+    print(f"\n[slurm phase] {phase}: {PHASES[phase]} s")
+    if ok:
+        assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+    else:
+        assert proc.returncode != 0, f"{phase}: expected a failure\n{proc.stdout[-4000:]}"
+    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+
+
+def job_of(out: str) -> tuple[str, str, str, str]:
+    m = JOB.search(" ".join(out.split()))
+    assert m, out[-3000:]
+    return m.group(1), m.group(2), m.group(3), m.group(4)
+
+
+def sh(bed: tb.Testbed, index: int, script: str) -> str:
+    return bed.exec(index, ["sh", "-c", script], check=False).stdout
+
+
+def chat(bed: tb.Testbed) -> str:
+    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    # the head is the job's first node, node2 (SLURM's NodeAddr: its management address)
+    req = urllib.request.Request(
+        f"http://{bed.node(2).mgmt_ip}:8000/v1/chat/completions", json.dumps(body).encode(), headers
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return str(json.loads(resp.read())["choices"][0]["message"]["content"])
+
+
+def output(bed: tb.Testbed, job: str) -> str:
+    return (Path(bed.shared_dir) / "slurm" / f"multinode-vllm-{job}.out").read_text(errors="replace")
+
+
+def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansible: Callable[..., Any]) -> None:
+    t_all = time.monotonic()
+    play(run_ansible, bed, "playbooks/slurm_install.yml", phase="install SLURM")
+    # only the right daemon on each node
+    assert sh(bed, 1, "systemctl is-enabled slurmctld; systemctl is-enabled slurmd").split() == ["enabled", "disabled"]
+    assert sh(bed, 2, "systemctl is-enabled slurmd; systemctl is-enabled slurmctld").split() == ["enabled", "disabled"]
+    assert sh(bed, 2, "stat -c '%U %a' /etc/munge/munge.key").strip() == "munge 400"
+
+    # ray backend: PP 2 across node2 and node3
+    _, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="submit (ray)")
+    ray_job, how, nodes, backend = job_of(out)
+    assert (how, nodes, backend) == ("submitted", "node[2-3]", "ray")
+    log = output(bed, ray_job)
+    assert "Ray sees 2 of 2 nodes" in log, log[-3000:]
+    active = log.split("Active:", 1)[1].split("Pending:", 1)[0]
+    assert len(re.findall(r"node_[0-9a-f]+", active)) == 2, active
+    # the second pipeline stage runs on node3: a Ray worker actor of vLLM there
+    node3 = sh(bed, 3, "ps -eo args")
+    assert "RayWorker" in node3 or f"ip={bed.node(3).ips['bond0']}" in log, node3
+    # secrets: in the 0600 file, never in the script or on a command line
+    script = sh(bed, 1, f"cat {bed.shared_dir}/slurm/multinode-vllm.sbatch")
+    assert KEY not in script and "multinode-vllm.secrets" in script
+    assert sh(bed, 1, f"stat -c %a {bed.shared_dir}/slurm/multinode-vllm.secrets").strip() == "600"
+    assert KEY not in sh(bed, 2, "ps -eo args")
+    first = chat(bed)
+    print(f"[slurm answer, ray] {first!r}")
+    assert first
+
+    recap, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="rerun (ray)")
+    assert set(recap.values()) == {0}, recap
+    assert job_of(out)[:2] == (ray_job, "kept")
+
+    # a changed serve variable (the backend): the job is replaced
+    _, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="submit (mp)", extra={"multinode_backend": "mp"})
+    mp_job, how, _, backend = job_of(out)
+    assert (how, backend) == ("submitted", "mp") and int(mp_job) > int(ray_job)
+    assert ray_job not in sh(bed, 1, "squeue -h -t RUNNING,PENDING -o %i").split()  # scancelled
+    second = chat(bed)
+    print(f"[slurm answer, mp] {second!r}")
+    assert second
+    assert "backend mp" in output(bed, mp_job)
+
+    _, out = play(run_ansible, bed, "playbooks/slurm_status.yml", phase="status", extra={"multinode_backend": "mp"})
+    flat = " ".join(out.split())
+    assert f"job_id: '{mp_job}'" in flat and "state: RUNNING" in flat and "healthy: true" in flat, out[-3000:]
+
+    # a partition too small for the plan: stopped before sbatch, with numbers
+    before = sh(bed, 1, "squeue -h -o %i").split()
+    _, out = play(
+        run_ansible,
+        bed,
+        "playbooks/slurm.yml",
+        phase="too small",
+        ok=False,
+        extra={"slurm_nodes": 3, "vllm_serve_pipeline_parallel_size": 3},  # a plan of PP 3 over 3 nodes
+    )
+    flat = " ".join(out.split())
+    assert "needs 3 nodes x 1 GPUs = 3 GPUs, the partition has 2 nodes" in flat, out[-3000:]
+    assert sh(bed, 1, "squeue -h -o %i").split() == before  # nothing submitted, nothing cancelled
+
+    # a job that dies at start: the gate stops with the tail of its output, soon after it died
+    _, out = play(
+        run_ansible,
+        bed,
+        "playbooks/slurm.yml",
+        phase="dies at start",
+        ok=False,
+        extra={"multinode_backend": "mp", "multinode_model": f"{bed.shared_dir}/models/missing"},
+    )
+    stopped_at = time.time()
+    flat = " ".join(out.split())
+    died = re.search(r"SLURM job (\d+) (ended|left the queue)", flat)
+    assert died, out[-4000:]
+    assert "Last lines of" in flat and "models/missing" in flat, out[-4000:]
+    job = sh(bed, 1, f"scontrol show job -o {died.group(1)}")
+    end = re.search(r"EndTime=(\S+)", job)
+    assert end, job
+    # the nodes share this machine's clock (UTC)
+    after_death = stopped_at - calendar.timegm(time.strptime(end.group(1), "%Y-%m-%dT%H:%M:%S"))
+    print(
+        f"[slurm dies at start] job {died.group(1)} {re.findall(r'JobState=[A-Z_]+', job)}; "
+        f"the run ended {after_death:.0f} s after it"
+    )
+    assert after_death < 60
+
+    play(run_ansible, bed, "playbooks/slurm_teardown.yml", phase="teardown")
+    assert sh(bed, 1, "squeue -h").strip() == ""
+    states = set(sh(bed, 1, "sinfo -h -N -o %T").split())
+    assert states == {"idle"}, states
+    for index in (2, 3):
+        args = sh(bed, index, "ps -eo args").splitlines()
+        left = [a for a in args if re.search(r"bin/(ray|vllm) |raylet|gcs_server|RayWorkerProc|EngineCore", a)]
+        assert left == [], f"node{index}: {left}"
+    print(f"\n[slurm phases] {PHASES}; whole story {round(time.monotonic() - t_all, 1)} s")

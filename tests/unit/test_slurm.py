@@ -1,0 +1,308 @@
+"""The SLURM path's rules (plugins/module_utils/_slurm.py), its filters and the slurm_job_wait module.
+
+SLURM's own output (sinfo, squeue, scontrol, slurmd -C) is given as text captured from SLURM 22.05;
+the module runs with fake `scontrol` on PATH (the cluster boundary) and a real HTTP server on
+loopback standing in for vLLM.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ansible.module_utils.testing import patch_module_args
+
+from multinode_vllm import PROJECT_DIR
+
+sys.path.insert(0, str(Path(PROJECT_DIR) / "collections"))
+from ansible_collections.multinode.vllm.plugins.filter.slurm import FilterModule
+from ansible_collections.multinode.vllm.plugins.module_utils import _slurm
+from ansible_collections.multinode.vllm.plugins.modules import slurm_job_wait
+
+ROOT = Path(PROJECT_DIR)
+DEFAULTS = yaml.safe_load((ROOT / "roles/slurm/defaults/main.yml").read_text())
+FILTERS = FilterModule().filters()
+
+SINFO = """node[01-02] is not a line we read
+gpu01|idle|gpu:h100:8(S:0-1)|224|2000000
+gpu02|mixed|gpu:h100:8(S:0-1)|224|2000000
+gpu03|drained*|gpu:h100:8(S:0-1)|224|2000000
+gpu04|idle|gpu:4|224|2000000
+"""
+PARTITION = (
+    "PartitionName=gpu AllowGroups=ALL Default=YES MaxNodes=UNLIMITED MaxTime=2-00:00:00 "
+    "Nodes=gpu[01-04] State=UP TotalCPUs=896 TotalNodes=4"
+)
+SLURMD_C = """NodeName=node2 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=22899
+UpTime=0-00:12:31
+"""
+JOB_RUNNING = (
+    "JobId=7 JobName=multinode-vllm UserId=root(0) JobState=RUNNING Reason=None Dependency=(null) "
+    "RunTime=00:02:17 TimeLimit=02:00:00 EndTime=2026-12-06T11:51:05 NodeList=node[2-3] BatchHost=node2 "
+    "Comment=multinode-vllm:abc StdOut=/srv/x/multinode-vllm-7.out"
+)
+
+
+# --- options and layout --------------------------------------------------------------------------
+
+
+def test_the_role_defaults_pass_the_option_checks() -> None:
+    assert _slurm.option_problems(DEFAULTS) == []
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "words"),
+    [
+        ("slurm_partition", "gpu nodes", "no spaces"),
+        ("slurm_nodes", 0, "at least 1"),
+        ("slurm_gpus_per_node", "eight", "whole number"),
+        ("slurm_time_limit", "2h", "HH:MM:SS"),
+        ("slurm_workdir", "jobs/vllm", "absolute path"),
+        ("slurm_nodelist", "node1 node2", "host list"),
+        ("slurm_extra_directives", ["mem=0"], "starting with --"),
+        ("slurm_qos", "high prio", "letters"),
+        ("slurm_submit_timeout", True, "whole number"),
+    ],
+)
+def test_a_bad_option_is_named_with_its_value_and_the_fix(var: str, value: Any, words: str) -> None:
+    problems = _slurm.option_problems({**DEFAULTS, var: value})
+    assert len(problems) == 1, problems
+    assert problems[0].startswith(f"{var}={value!r}") and words in problems[0]
+
+
+@pytest.mark.parametrize("limit", ["30", "1:00:00", "2-00:00:00", "1-12", "UNLIMITED", 90])
+def test_time_limits_sbatch_takes(limit: Any) -> None:
+    assert _slurm.option_problems({"slurm_time_limit": limit}) == []
+
+
+def test_layout_defaults_to_tp_per_node_and_pp_per_node() -> None:
+    # the seed's 405B job: 2 nodes x 8 GPUs -> TP 8 x PP 2
+    assert FILTERS["slurm_parallel"](2, 8) == {
+        "tensor_parallel_size": 8,
+        "pipeline_parallel_size": 2,
+        "gpus": 16,
+        "problem": "",
+    }
+    assert _slurm.parallel_layout(2, 1, 1, 2)["problem"] == ""
+
+
+def test_a_layout_that_does_not_match_the_gpus_says_so_with_numbers() -> None:
+    problem = _slurm.parallel_layout(2, 8, 8, 3)["problem"]
+    assert "TP 8 x PP 3 = 24 GPUs" in problem and "2 nodes x 8 GPUs = 16" in problem and "Fix:" in problem
+    assert _slurm.parallel_layout(3, 8, 12, 2)["problem"].startswith("TP 12 does not split evenly")
+
+
+# --- what SLURM prints ---------------------------------------------------------------------------
+
+
+def test_sinfo_nodes_states_without_flags_and_gpus_from_typed_gres() -> None:
+    nodes = {n["name"]: n for n in _slurm.parse_sinfo_nodes(SINFO)}
+    assert sorted(nodes) == ["gpu01", "gpu02", "gpu03", "gpu04"]
+    assert nodes["gpu03"]["state"] == "drained" and not nodes["gpu03"]["usable"]
+    assert nodes["gpu02"]["usable"] and nodes["gpu01"]["gpus"] == 8 and nodes["gpu04"]["gpus"] == 4
+    assert _slurm.gres_gpus("gpu:a100:2,gpu:h100:4(S:0)") == 6
+    assert _slurm.gres_gpus("(null)") == 0
+
+
+def test_capacity_fits() -> None:
+    info = _slurm.parse_key_values(PARTITION)
+    assert info["State"] == "UP" and info["TotalNodes"] == "4"
+    assert _slurm.capacity_problem("gpu", info, _slurm.parse_sinfo_nodes(SINFO), 2, 8) == ""
+
+
+def test_capacity_too_small_names_the_numbers_and_the_unusable_nodes() -> None:
+    problem = FILTERS["slurm_capacity"](SINFO, "gpu", PARTITION, 3, 8)
+    assert "needs 3 nodes x 8 GPUs = 24 GPUs" in problem
+    assert "the partition has 4 nodes (28 GPUs), 2 of them up with 8 or more GPUs" in problem
+    assert "gpu03 (drained)" in problem and "Fix:" in problem
+
+
+def test_capacity_of_a_missing_or_down_partition() -> None:
+    assert "does not exist" in FILTERS["slurm_capacity"]("", "gpux", "", 2, 8)
+    down = PARTITION.replace("State=UP", "State=DOWN")
+    assert "is DOWN, not UP" in FILTERS["slurm_capacity"](SINFO, "gpu", down, 1, 1)
+
+
+def test_slurmd_c_gives_the_node_line_never_more_than_reported() -> None:
+    found = _slurm.parse_slurmd_c(SLURMD_C)
+    assert found["CPUs"] == 2 and found["RealMemory"] == 22899
+    line = FILTERS["slurm_node_conf"](SLURMD_C, 1, 0.95)
+    assert line.startswith("NodeName=node2 CPUs=2 ") and "RealMemory=21754" in line and line.endswith("Gres=gpu:1")
+    assert "Gres" not in _slurm.node_conf(found, 0)
+    with pytest.raises(Exception, match="no NodeName"):
+        FILTERS["slurm_node_conf"]("slurmd: fatal", 1)
+
+
+def test_scontrol_job_status() -> None:
+    job = FILTERS["slurm_job"](JOB_RUNNING)
+    assert job["job_id"] == "7" and job["running"] and not job["finished"]
+    assert (job["nodes"], job["head"], job["output"]) == ("node[2-3]", "node2", "/srv/x/multinode-vllm-7.out")
+    failed = FILTERS["slurm_job"](
+        JOB_RUNNING.replace("RUNNING", "FAILED").replace("Reason=None", "Reason=NonZeroExitCode")
+    )
+    assert failed["finished"] and failed["reason"] == "NonZeroExitCode"
+    assert FILTERS["slurm_job"]("") == {}
+
+
+# --- identity and what to do with the jobs found -------------------------------------------------
+
+
+def test_the_identity_follows_the_script_and_the_secrets() -> None:
+    one = _slurm.job_identity("#!/bin/bash\nvllm serve a\n", "k1")
+    assert one.startswith("multinode-vllm:") and len(one) == len("multinode-vllm:") + 40
+    assert one == _slurm.job_identity("#!/bin/bash\nvllm serve a\n", "k1")
+    assert one != _slurm.job_identity("#!/bin/bash\nvllm serve b\n", "k1")
+    assert one != _slurm.job_identity("#!/bin/bash\nvllm serve a\n", "k2")
+
+
+def test_an_unchanged_running_job_is_kept() -> None:
+    script = "#!/bin/bash\nvllm serve a\n"
+    comment = _slurm.job_identity(script)
+    squeue = f"12|RUNNING|{comment}|node[2-3]|2:17|1:57:43|None\n9|COMPLETED|{comment}|node2|1:00|0:00|None\n"
+    decision = FILTERS["slurm_decide"](squeue, script)
+    assert (decision["keep"], decision["cancel"], decision["submit"]) == ("12", [], False)
+    assert decision["jobs"][0]["time_left"] == "1:57:43"
+
+
+def test_a_changed_script_cancels_the_old_job_and_submits() -> None:
+    old = _slurm.job_identity("old")
+    squeue = f"12|RUNNING|{old}|node[2-3]|2:17|1:57:43|None\n13|PENDING|(null)|||2:00:00|Resources\n"
+    decision = FILTERS["slurm_decide"](squeue, "new")
+    assert (decision["keep"], decision["cancel"], decision["submit"]) == ("", ["12", "13"], True)
+
+
+def test_two_live_jobs_with_our_identity_keep_one() -> None:
+    comment = _slurm.job_identity("s")
+    jobs = _slurm.parse_squeue(f"5|RUNNING|{comment}|a|||None\n6|PENDING|{comment}||||Priority\n")
+    assert _slurm.decide(jobs, comment) == {"keep": "5", "cancel": ["6"], "submit": False}
+    assert _slurm.decide([], comment) == {"keep": "", "cancel": [], "submit": True}
+
+
+# --- the slurm_job_wait module -------------------------------------------------------------------
+
+
+class Health:
+    def __init__(self) -> None:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.httpd.server_address[1]
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def health() -> Iterator[Health]:
+    srv = Health()
+    yield srv
+    srv.httpd.shutdown()
+
+
+def fake_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, states: list[str], out_file: Path) -> None:
+    """`scontrol show job` prints the next of `states` ("STATE REASON") on each call; show node: NodeAddr."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "states").write_text("\n".join(states) + "\n")
+    script = f"""#!/bin/sh
+if [ "$2" = node ]; then echo "NodeName=node2 Arch=x86_64 NodeAddr=127.0.0.1 State=ALLOCATED"; exit 0; fi
+line=$(head -n1 {tmp_path}/states); rest=$(tail -n +2 {tmp_path}/states)
+[ -n "$rest" ] && printf '%s\\n' "$rest" > {tmp_path}/states
+set -- $line
+[ "$1" = GONE ] && {{ echo "slurm_load_jobs error: Invalid job id specified" >&2; exit 1; }}
+echo "JobId=7 JobName=multinode-vllm JobState=$1 Reason=$2 RunTime=00:00:05 NodeList=node[2-3] \\
+  BatchHost=node2 StdOut={out_file}"
+"""
+    tool = bin_dir / "scontrol"
+    tool.write_text(script)
+    tool.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def run_module(args: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
+    with patch_module_args(args), pytest.raises(SystemExit):
+        slurm_job_wait.main()
+    return json.loads(capsys.readouterr().out)
+
+
+def test_wait_reports_pending_reasons_then_runs_and_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], health: Health
+) -> None:
+    fake_scontrol(tmp_path, monkeypatch, ["PENDING Priority", "PENDING Resources", "RUNNING None"], tmp_path / "o")
+    result = run_module(
+        {"job_id": "7", "poll_interval": 0, "health_url": f"http://{{head}}:{health.port}/health"}, capsys
+    )
+    assert not result.get("failed"), result
+    assert result["pending_reasons"] == ["Priority", "Resources"]
+    assert result["job"]["head_addr"] == "127.0.0.1" and result["job"]["nodes"] == "node[2-3]"
+
+
+def test_a_job_that_dies_stops_the_wait_with_its_output_tail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "multinode-vllm-7.out"
+    out.write_text("".join(f"line {i}\n" for i in range(100)) + "ValueError: /models/missing is not a model\n")
+    fake_scontrol(tmp_path, monkeypatch, ["RUNNING None", "RUNNING None", "FAILED NonZeroExitCode"], out)
+    # nothing listens on port 9: the health wait polls while the job dies
+    result = run_module(
+        {"job_id": "7", "poll_interval": 0, "health_url": "http://{head}:9/health", "output_lines": 5}, capsys
+    )
+    assert result["failed"]
+    assert result["msg"].startswith("SLURM job 7 ended before http://127.0.0.1:9/health answered")
+    assert "reason: NonZeroExitCode" in result["msg"] and "/models/missing is not a model" in result["msg"]
+    assert len(result["output_tail"]) == 5 and result["waited"] < 10
+
+
+def test_a_job_gone_from_the_queue_and_a_pending_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_scontrol(tmp_path, monkeypatch, ["GONE"], tmp_path / "o")
+    result = run_module({"job_id": "7", "poll_interval": 0}, capsys)
+    assert result["failed"] and "SLURM job 7 left the queue before it ran" in result["msg"]
+
+    (tmp_path / "bin" / "scontrol").unlink()
+    (tmp_path / "bin").rmdir()
+    fake_scontrol(tmp_path, monkeypatch, ["PENDING QOSMaxGRESPerUser"], tmp_path / "o")
+    result = run_module({"job_id": "7", "poll_interval": 0, "timeout": 0}, capsys)
+    assert result["failed"] and "still PENDING after 0 s (reason: QOSMaxGRESPerUser" in result["msg"]
+    assert "Fix:" in result["msg"]
+
+
+# --- the role's files ----------------------------------------------------------------------------
+
+
+def test_the_sbatch_template_keeps_secrets_out_and_uses_srun_overlap() -> None:
+    text = (ROOT / "roles/slurm/templates/vllm.sbatch.j2").read_text()
+    assert 'srun --overlap -N1 -n1 -w "$HEAD"' in text and "--headless" in text
+    assert "_slurm_secrets_path" in text and "_slurm_api_key" not in text and "hf_token" not in text
+
+
+def test_the_install_templates_follow_the_verified_settings() -> None:
+    conf = (ROOT / "roles/slurm/templates/slurm.conf.j2").read_text()
+    for line in (
+        "ProctrackType=proctrack/linuxproc",
+        "TaskPlugin=task/none",
+        "SelectType=select/cons_tres",
+        "GresTypes=gpu",
+    ):
+        assert line in conf
+    assert "cgroup" not in conf.replace("no cgroup plugin", "")
+    gres = (ROOT / "roles/slurm/templates/gres.conf.j2").read_text()
+    config = [ln for ln in gres.splitlines() if not ln.startswith("#")]
+    assert "AutoDetect=off" in config and not any("Count=" in ln for ln in config)
+    assert (
+        "NodeName={{ hostvars[host]['ansible_facts']['hostname'] }} Name=gpu File={{ slurm_gres_file_prefix }}{{ gpu }}"
+        in config
+    )
