@@ -193,8 +193,8 @@ def test_role_renders_the_configuration_and_listen_addresses(tmp_path: Path) -> 
     )
     assert (out / "node2-prometheus.yml").read_text() == (out / "node1-prometheus.yml").read_text()
     assert (
-        'ARGS="--web.listen-address=10.0.0.1:9090 --storage.tsdb.retention.time=15d"'
-        in (out / "node2-prometheus.default").read_text()
+        'ARGS="--web.listen-address=10.0.0.1:9090 --storage.tsdb.retention.time=15d'
+        ' --storage.tsdb.path=/var/lib/prometheus/multinode-vllm"' in (out / "node2-prometheus.default").read_text()
     )  # the server's address, from any host
     assert 'ARGS="--web.listen-address=10.0.0.2:9100"' in (out / "node2-prometheus-node-exporter.default").read_text()
 
