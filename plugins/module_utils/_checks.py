@@ -36,6 +36,8 @@ from collections.abc import Iterable, Mapping, Sequence, Set
 from numbers import Number
 from typing import Any
 
+from ansible_collections.multinode.vllm.plugins.module_utils._firewall import port_span
+
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _DIGITS = re.compile(r"^[0-9]+$")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?")
@@ -249,13 +251,10 @@ def _bad_ports(value: Any) -> str | None:
     if not isinstance(value, (list, tuple)):
         return "not a list"
     for item in value:
-        if isinstance(item, bool):
-            return f"{item!r} is not a port"
-        parts = str(item).strip().split("-")
-        if len(parts) > 2 or not all(_DIGITS.match(p) and 1 <= int(p) <= 65535 for p in parts):
-            return f"{item!r} is not a port or a low-high range"
-        if len(parts) == 2 and int(parts[0]) > int(parts[1]):
-            return f"{item!r} runs from high to low"
+        try:
+            port_span(item)
+        except ValueError as exc:
+            return str(exc)
     return None
 
 

@@ -79,16 +79,21 @@ def _sort_key(value: str) -> Any:
     return ipaddress.ip_network(value, strict=False)
 
 
-def _port(value: Any, variable: str, entry: Any) -> int:
-    try:
-        port = int(str(value).strip())
-    except ValueError:
-        port = -1
-    if not 1 <= port <= MAX_PORT:
-        raise FirewallError(
-            f"{variable}: {entry!r} is not a port or a port range in 1-{MAX_PORT} (e.g. 6379 or '10002-19999')"
-        )
-    return port
+def port_span(entry: Any) -> tuple[int, int]:
+    """One port or ``"low-high"`` range in 1-65535 -> ``(low, high)``; ValueError saying what is wrong.
+
+    The one rule for port lists: validate's shape check and the firewall's ruleset both use it.
+    Digits only (no sign, no spaces inside, no ``_``), and a bool is not a port.
+    """
+    if isinstance(entry, bool):
+        raise ValueError(f"{entry!r} is not a port")
+    parts = str(entry).strip().split("-")
+    if len(parts) > 2 or not all(p.isascii() and p.isdigit() and 1 <= int(p) <= MAX_PORT for p in parts):
+        raise ValueError(f"{entry!r} is not a port or a low-high range")
+    low, high = int(parts[0]), int(parts[-1])
+    if low > high:
+        raise ValueError(f"{entry!r} runs from high to low")
+    return low, high
 
 
 def port_ranges(values: Any, variable: str) -> list[str]:
@@ -102,15 +107,12 @@ def port_ranges(values: Any, variable: str) -> list[str]:
         values = [values]
     spans: list[tuple[int, int]] = []
     for entry in values:
-        text = str(entry).strip()
-        if "-" in text:
-            low_text, high_text = text.split("-", 1)
-            low, high = _port(low_text, variable, entry), _port(high_text, variable, entry)
-            if low > high:
-                raise FirewallError(f"{variable}: {entry!r} is a range from high to low; write it low-high")
-        else:
-            low = high = _port(text, variable, entry)
-        spans.append((low, high))
+        try:
+            spans.append(port_span(entry))
+        except ValueError as exc:
+            why = str(exc)
+            fix = "write it low-high" if "high to low" in why else f"ports in 1-{MAX_PORT}, e.g. 6379 or '10002-19999'"
+            raise FirewallError(f"{variable}: {why}; {fix}") from None
     merged: list[list[int]] = []
     for low, high in sorted(spans):
         if merged and low <= merged[-1][1] + 1:

@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 import yaml
+from ansible_collections.multinode.vllm.plugins.module_utils._checks import _bad_ports
 from ansible_collections.multinode.vllm.plugins.module_utils._firewall import (
     FirewallError,
     dynamic_ports,
     member_addresses,
     port_ranges,
+    port_span,
     split_addresses,
 )
 from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, role_vars_files
@@ -88,6 +90,44 @@ def test_ports_merge_overlaps_and_reject_bad_entries() -> None:
     for bad, why in ((0, "not a port"), ("70000", "not a port"), ("20-10", "from high to low"), ("ssh", "not a port")):
         with pytest.raises(FirewallError, match=rf"cluster_firewall_open_ports: .*{why}"):
             port_ranges([22, bad], "cluster_firewall_open_ports")
+
+
+@pytest.mark.parametrize(
+    ("entry", "span"),
+    [
+        (80, (80, 80)),
+        ("80", (80, 80)),
+        (" 6379 ", (6379, 6379)),
+        ("10002-19999", (10002, 19999)),
+        ("1-65535", (1, 65535)),
+    ],
+)
+def test_port_span_reads_a_port_or_a_range(entry: Any, span: tuple[int, int]) -> None:
+    assert port_span(entry) == span
+
+
+# Validate's shape check and the firewall's ruleset read ports with the same rule (port_span): an
+# entry one of them accepts, the other never refuses.
+@pytest.mark.parametrize(
+    ("entry", "why"),
+    [
+        (0, "is not a port or a low-high range"),
+        ("65536", "is not a port or a low-high range"),
+        ("+80", "is not a port or a low-high range"),
+        ("8_0", "is not a port or a low-high range"),
+        ("\u0663", "is not a port or a low-high range"),  # a non-ASCII digit
+        ("1-2-3", "is not a port or a low-high range"),
+        ("80-", "is not a port or a low-high range"),
+        (True, "is not a port"),
+        ("20-10", "runs from high to low"),
+    ],
+)
+def test_one_port_rule_for_validate_and_the_firewall(entry: Any, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        port_span(entry)
+    assert why in (_bad_ports([22, entry]) or "")
+    with pytest.raises(FirewallError, match=f"cluster_firewall_open_ports: .*{why}"):
+        port_ranges([22, entry], "cluster_firewall_open_ports")
 
 
 def test_dynamic_ports_run_from_the_ephemeral_start_to_65535() -> None:
@@ -271,7 +311,10 @@ def test_reject_action_and_an_open_api(tmp_path: Path) -> None:
         ({"cluster_firewall_api_clients": ["10.0.0.0/8", "office"]}, "cluster_firewall_api_clients: 'office' is not"),
         ({"cluster_firewall_extra_members": ["10.0.0.300"]}, "cluster_firewall_extra_members: '10.0.0.300' is not"),
         ({"cluster_firewall_ray_ports": ["10002-99999"]}, "cluster_firewall_ray_ports: '10002-99999' is not a port"),
-        ({"cluster_firewall_dynamic_ports": "60000-50000"}, "cluster_firewall_dynamic_ports: '60000-50000' is a range"),
+        (
+            {"cluster_firewall_dynamic_ports": "60000-50000"},
+            "cluster_firewall_dynamic_ports: '60000-50000' runs from high to low; write it low-high",
+        ),
         # the role itself never opens an internal port as the API port (validate refuses it first)
         (
             {"multinode_vllm_port": 6379},
