@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from ansible.module_utils.testing import patch_module_args
+from ansible_run import ansible_playbook
 
 from multinode_vllm import PROJECT_DIR
 
@@ -306,3 +307,74 @@ def test_the_install_templates_follow_the_verified_settings() -> None:
         "NodeName={{ hostvars[host]['ansible_facts']['hostname'] }} Name=gpu File={{ slurm_gres_file_prefix }}{{ gpu }}"
         in config
     )
+
+
+# --- the planner before sbatch (playbooks/slurm.yml on a login host with stand-in SLURM commands) --
+
+# The 405B config (inventories/slurm): 126 layers, bf16 weights of about 756 GiB.
+LLAMA_405B = yaml.safe_load((ROOT / "inventories/slurm/group_vars/all/model.yml").read_text())["validate_model_config"]
+
+
+def slurm_play(tmp_path: Path, **overrides: Any) -> tuple[int, str]:
+    """playbooks/slurm.yml against a local "login host" whose scontrol and sinfo print a 2 x 8 GPU partition;
+    sbatch is not there: a run that gets past every check stops at the first command that needs it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sinfo = "gpu01|idle|gpu:h100:8|128|1000000\ngpu02|idle|gpu:h100:8|128|1000000"
+    for name, out in (("scontrol", PARTITION.replace("TotalNodes=4", "TotalNodes=2")), ("sinfo", sinfo)):
+        (bin_dir / name).write_text(f"#!/bin/sh\ncat <<'OUT'\n{out}\nOUT\n")
+        (bin_dir / name).chmod(0o755)
+    inventory = {
+        "all": {
+            "children": {"slurm_login": {"hosts": {"login": None}}},
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+                "multinode_model": "meta-llama/Llama-3.1-405B-Instruct",
+                "multinode_api_key": "k" * 32,
+                "validate_model_config": LLAMA_405B,
+                "validate_gpu_memory_gib": 80,
+                "slurm_nodes": 2,
+                "slurm_gpus_per_node": 8,
+                "slurm_workdir": str(tmp_path / "work"),
+                "multinode_credentials_dir": str(tmp_path / "credentials"),
+                **overrides,
+            },
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
+    proc = ansible_playbook(
+        "-i", str(tmp_path / "hosts.yml"), "playbooks/slurm.yml", PATH=f"{bin_dir}:{os.environ['PATH']}"
+    )
+    return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
+
+
+def test_the_job_is_planned_against_gpu_memory_before_sbatch(tmp_path: Path) -> None:
+    rc, out = slurm_play(tmp_path)
+    # 2 x 8 x 80 GiB hold the 405B: the plan is shown, the run goes on to sbatch (absent here)
+    assert "TP 8 x PP 2 on 2 nodes x 8 GPUs; weights 75" in out, out[-3000:]
+    assert "Submit the job" in out or "sbatch" in out, out[-3000:]
+    assert rc != 0  # no sbatch on this machine
+
+
+def test_a_job_whose_weights_do_not_fit_stops_before_sbatch_with_the_numbers(tmp_path: Path) -> None:
+    rc, out = slurm_play(tmp_path, validate_gpu_memory_gib=40)
+    assert rc != 0
+    assert "does not fit" in out and "validate_gpu_memory_gib=40" in out, out[-3000:]
+    assert "Fix:" in out
+    assert "TASK [multinode.vllm.slurm : Create the job's directory]" not in out
+    assert not (tmp_path / "work").exists()
+
+
+def test_the_planner_objection_names_the_variable_to_change(tmp_path: Path) -> None:
+    # TP 3 on one node of 3 GPUs matches the job's GPUs, but 128 attention heads do not split in 3
+    rc, out = slurm_play(
+        tmp_path,
+        slurm_nodes=1,
+        slurm_gpus_per_node=3,
+        vllm_serve_tensor_parallel_size=3,
+        vllm_serve_pipeline_parallel_size=1,
+    )
+    assert rc != 0
+    assert "The planner refused the settings" in out and "vllm_serve_tensor_parallel_size" in out, out[-3000:]
+    assert "TASK [multinode.vllm.slurm : Create the job's directory]" not in out
