@@ -94,7 +94,9 @@ def output(bed: tb.Testbed, job: str) -> str:
     return (Path(bed.shared_dir) / "slurm" / f"multinode-vllm-{job}.out").read_text(errors="replace")
 
 
-def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansible: Callable[..., Any]) -> None:
+def test_slurm_job_serves_both_backends_idempotently(
+    bed: tb.Testbed, run_ansible: Callable[..., Any], node_venv: Path
+) -> None:
     t_all = time.monotonic()
     play(run_ansible, bed, "playbooks/slurm_install.yml", phase="install SLURM")
     # only the right daemon on each node
@@ -118,6 +120,23 @@ def test_slurm_job_serves_both_backends_idempotently(bed: tb.Testbed, run_ansibl
     assert KEY not in script and "multinode-vllm.secrets" in script
     assert sh(bed, 1, f"stat -c %a {bed.shared_dir}/slurm/multinode-vllm.secrets").strip() == "600"
     assert KEY not in sh(bed, 2, "ps -eo args")
+    # Ray token authentication inside the job: the mode and the 0600 file's path, never the token
+    token_file = f"{bed.shared_dir}/slurm/multinode-vllm.ray-auth-token"
+    assert "RAY_AUTH_MODE=token" in script and f"RAY_AUTH_TOKEN_PATH={token_file}" in script, script
+    assert sh(bed, 1, f"stat -c %a {token_file}").strip() == "600"
+    token = sh(bed, 1, f"cat {token_file}").strip()
+    assert len(token) >= 32 and token not in script and token not in log
+    assert token not in sh(bed, 2, "ps -eo args") + sh(bed, 3, "ps -eo args")
+    head_ip = re.search(r"head \S+ \(([0-9.]+)\)", log)
+    assert head_ip, log[-3000:]
+    # a Ray client without the token is refused by the job's GCS
+    refused = bed.exec(
+        3,
+        ["sh", "-c", f"RAY_AUTH_MODE=disabled timeout 60 {node_venv}/bin/ray status --address {head_ip.group(1)}:6379"],
+        check=False,
+    )
+    print(f"[slurm ray without the token] rc={refused.returncode} {(refused.stdout + refused.stderr)[-300:]!r}")
+    assert refused.returncode != 0 and "node_" not in refused.stdout
     first = chat(bed)
     print(f"[slurm answer, ray] {first!r}")
     assert first

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import stat
 import sys
 import threading
 from collections.abc import Iterator
@@ -378,3 +379,27 @@ def test_the_planner_objection_names_the_variable_to_change(tmp_path: Path) -> N
     assert rc != 0
     assert "The planner refused the settings" in out and "vllm_serve_tensor_parallel_size" in out, out[-3000:]
     assert "TASK [multinode.vllm.slurm : Create the job's directory]" not in out
+
+
+@pytest.mark.parametrize(
+    ("backend", "mode", "exported"),
+    [("ray", "token", "token"), ("ray", "disabled", "disabled"), ("mp", "token", None)],
+)
+def test_the_job_gets_the_ray_token_file_never_the_token(
+    tmp_path: Path, backend: str, mode: str, exported: str | None
+) -> None:
+    token = "T0ken" * 8
+    rc, out = slurm_play(
+        tmp_path, multinode_backend=backend, multinode_ray_auth_mode=mode, multinode_ray_auth_token=token
+    )
+    assert rc != 0 and "squeue" in out  # written, then stopped at the queue (no SLURM here)
+    work = tmp_path / "work"
+    script = (work / "multinode-vllm.sbatch").read_text()
+    token_file = work / "multinode-vllm.ray-auth-token"
+    assert token not in script and token not in out
+    if exported == "token":
+        assert "export RAY_AUTH_MODE=token" in script and f"export RAY_AUTH_TOKEN_PATH={token_file}" in script
+        assert token_file.read_text() == token and stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    else:
+        assert not token_file.exists() and "RAY_AUTH_TOKEN_PATH" not in script
+        assert ("export RAY_AUTH_MODE=disabled" in script) == (exported == "disabled")
