@@ -259,3 +259,26 @@ def test_state_round_trip_under_the_cache_dir(monkeypatch, tmp_path):
     assert path == tmp_path / "testbeds" / "x" / "state.json"
     assert state.load_state("x") == {"name": "x", "nodes": [1, 2]}
     assert state.venvs_dir() == tmp_path / "venvs"
+
+
+def test_the_e2e_beds_never_share_a_default_subnet() -> None:
+    """Test beds of the e2e modules run at the same time (two streams, the CLI's mnv beside them):
+    two names whose default subnet index is the same clash (mnv-dyn and mnv-e2e both hash to
+    10.222, seen). A bed that picks a free index itself (subnet_index=free_index()) is left out."""
+    import re
+
+    from multinode_vllm import PROJECT_DIR
+
+    names = {"mnv"}  # the CLI's bed (inventories/local)
+    for module in sorted((Path(PROJECT_DIR) / "tests" / "e2e").glob("*.py")):
+        text = module.read_text()
+        found = set(re.findall(r'^\s*(?:[A-Z0-9_]*NAME|BED|name)\s*=\s*"(mnv[\w-]*)"', text, re.M))
+        if "subnet_index=free_index()" in text:
+            found -= set(re.findall(r'^NAME\s*=\s*"(mnv[\w-]*)"', text, re.M))
+        names |= found
+    assert {"mnv-e2e", "mnv-fault", "mnv-slurm", "mnv-mp"} <= names, names  # the search finds them
+    by_index: dict[int, list[str]] = {}
+    for name in sorted(names):
+        by_index.setdefault(default_subnet_index(name), []).append(name)
+    clashes = {i: n for i, n in by_index.items() if len(n) > 1}
+    assert not clashes, f"e2e test beds with the same default subnet 10.I.0.0/16: {clashes}; rename one"
