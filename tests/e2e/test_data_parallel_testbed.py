@@ -58,6 +58,17 @@ def endpoint() -> tuple[str, str]:
     return json.loads(proc.stdout)["run"]["endpoint"].removesuffix("/v1"), key
 
 
+def serving_endpoint() -> tuple[str, str]:
+    """The head's base URL and the API key of what serves now (no `up`: it would converge the default)."""
+    from multinode_vllm.commands.bench import api_key_for, endpoint_via_mgmt, head_host, inventory_vars
+
+    head = head_host(inventory_vars(INVENTORY))
+    hv = inventory_vars(INVENTORY, head)
+    key = api_key_for(INVENTORY, hv)
+    assert key, "the local test bed serves with an API key"
+    return endpoint_via_mgmt(None, hv["ansible_host"]), key
+
+
 def chat(url: str, key: str) -> str:
     body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
@@ -104,3 +115,50 @@ def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callab
     assert rerun.returncode == 0, rerun.stdout[-6000:]
     changed = {m[0]: int(m[2]) for m in RECAP.findall(rerun.stdout)}
     assert set(changed.values()) == {0}, changed
+
+
+def unit_start(run_ansible: Callable[..., Any], node: str, unit: str) -> str:
+    """The unit's start timestamp (monotonic, µs): changes exactly when it (re)starts."""
+    proc = run_ansible(
+        "ansible", "-i", INVENTORY, node, "-m", "ansible.builtin.command",
+        "-a", f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+def test_tags_serve_with_data_parallel_restarts_vllm_only(run_ansible: Callable[..., Any]) -> None:
+    """A serve setting changed and `--tags serve`: vLLM (both engines) restarts, Ray does not."""
+    url, key = serving_endpoint()
+    ray = {(n, u): unit_start(run_ansible, n, u) for n, u in (("node1", "ray-head"), ("node2", "ray-worker"))}
+    vllm = unit_start(run_ansible, "node1", "vllm")
+    change = {**DP, "vllm_serve_max_num_seqs": 3}
+    proc = run_ansible(
+        "ansible-playbook", "-i", INVENTORY, "site.yml", "--tags", "serve", "-e", json.dumps(change), timeout=1200
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "every engine served" in proc.stdout, proc.stdout[-3000:]
+    assert unit_start(run_ansible, "node1", "vllm") != vllm
+    assert {k: unit_start(run_ansible, *k) for k in ray} == ray, "--tags serve restarted Ray"
+    unit = run_ansible("ansible", "-i", INVENTORY, "node1", "-m", "ansible.builtin.command", "-a", "systemctl cat vllm")
+    assert '"--max-num-seqs" "3"' in unit.stdout and '"--data-parallel-size" "2"' in unit.stdout
+    every_engine_serves(url, lambda: chat(url, key), label="ray dp2 --tags serve")
+
+
+def test_a_killed_engine_is_healed_by_one_rerun(run_ansible: Callable[..., Any]) -> None:
+    """SIGKILL of the second engine (its Ray actor on node2): one rerun of site.yml serves on both again."""
+    url, key = serving_endpoint()
+    change = {**DP, "vllm_serve_max_num_seqs": 3}  # the settings the previous test left
+    kill = run_ansible(
+        "ansible", "-i", INVENTORY, "node2", "-m", "ansible.builtin.shell",
+        "-a", "pids=$(ps -eo pid=,args= | awk '/EngineCoreActor/ && !/awk/ {print $1}'); "
+              "[ -n \"$pids\" ] && kill -9 $pids && echo killed $pids",
+    )  # fmt: skip
+    assert kill.returncode == 0 and "killed" in kill.stdout, kill.stdout[-2000:]
+    rerun = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(change), timeout=1200)
+    assert rerun.returncode == 0, rerun.stdout[-6000:] + rerun.stderr[-2000:]
+    assert "every engine served" in rerun.stdout, rerun.stdout[-3000:]
+    every_engine_serves(url, lambda: chat(url, key), label="ray dp2 after a killed engine")
+    again = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(change), timeout=1200)
+    changed = {m[0]: int(m[2]) for m in RECAP.findall(again.stdout)}
+    assert again.returncode == 0 and set(changed.values()) == {0}, changed
