@@ -33,7 +33,14 @@ def dynamo_worker_plan(cfg, hosts):
 
 def dynamo_worker_argv(worker, engine, python, model, served_model_name, extra_args=()):
     return _call(
-        _dynamo.worker_argv, engine, worker["mode"], python, model, served_model_name, int(worker["tp"]), list(extra_args or [])
+        _dynamo.worker_argv,
+        engine,
+        worker["mode"],
+        python,
+        model,
+        served_model_name,
+        int(worker["tp"]),
+        list(extra_args or []),
     )
 
 

@@ -67,9 +67,17 @@ def layout_problems(cfg: Mapping[str, Any], hosts: Sequence[str], gpus_per_node:
     problems: list[str] = []
     stack = cfg.get("multinode_stack", "vllm")
     if stack not in STACKS:
-        return [f"multinode_stack={stack!r}: use one of {', '.join(STACKS)} (vllm: Ray + vllm serve; dynamo: etcd + NATS, the frontend, workers)"]
+        return [
+            f"multinode_stack={stack!r}: use one of {', '.join(STACKS)} "
+            "(vllm: Ray + vllm serve; dynamo: etcd + NATS, the frontend, workers)"
+        ]
     if stack != "dynamo":
         return []
+    if cfg.get("multinode_runtime", "native") != "native":
+        problems.append(
+            f"multinode_runtime={cfg.get('multinode_runtime')!r}: the dynamo stack runs as systemd units (native); "
+            "set multinode_runtime: native"
+        )
     for var, choices in (
         ("dynamo_serve_layout", LAYOUTS),
         ("dynamo_serve_engine", ENGINES),
@@ -79,7 +87,13 @@ def layout_problems(cfg: Mapping[str, Any], hosts: Sequence[str], gpus_per_node:
             problems.append(f"{var}={cfg.get(var)!r}: use one of {', '.join(choices)}")
 
     ports: dict[str, int] = {}
-    for var in ("multinode_etcd_port", "multinode_nats_port", "multinode_nats_monitor_port", "dynamo_plane_etcd_peer_port", "multinode_vllm_port"):
+    for var in (
+        "multinode_etcd_port",
+        "multinode_nats_port",
+        "multinode_nats_monitor_port",
+        "dynamo_plane_etcd_peer_port",
+        "multinode_vllm_port",
+    ):
         if var not in cfg:
             continue
         port = _int(cfg[var])
@@ -116,7 +130,10 @@ def layout_problems(cfg: Mapping[str, Any], hosts: Sequence[str], gpus_per_node:
         for var, what in (("dynamo_serve_prefill_hosts", "prefill"), ("dynamo_serve_decode_hosts", "decode")):
             listed = _hosts(cfg.get(var))
             if listed is None:
-                problems.append(f"{var}={cfg.get(var)!r}: use a list of inventory host names, e.g. [{members[-1] if members else 'node2'}]")
+                problems.append(
+                    f"{var}={cfg.get(var)!r}: use a list of inventory host names, "
+                    f"e.g. [{members[-1] if members else 'node2'}]"
+                )
                 continue
             if not listed:
                 problems.append(
@@ -130,7 +147,10 @@ def layout_problems(cfg: Mapping[str, Any], hosts: Sequence[str], gpus_per_node:
                     "list inventory host names of groups ray_head/ray_workers"
                 )
             if len(set(listed)) != len(listed):
-                problems.append(f"{var} lists a host twice ({', '.join(listed)}): use dynamo_serve_workers_per_node for more workers per node")
+                problems.append(
+                    f"{var} lists a host twice ({', '.join(listed)}): "
+                    "use dynamo_serve_workers_per_node for more workers per node"
+                )
 
     gpus = _int(gpus_per_node)
     if gpus is not None and not problems and cfg.get("dynamo_serve_engine") == "vllm":
@@ -141,12 +161,13 @@ def layout_problems(cfg: Mapping[str, Any], hosts: Sequence[str], gpus_per_node:
                 parts = " + ".join(f"{w['mode']} TP {w['tp']}" for w in workers)
                 problems.append(
                     f"{host} would run {len(workers)} workers needing {need} GPUs ({parts}) but has {gpus}: lower "
-                    "dynamo_serve_workers_per_node or the TP (dynamo_serve_*tensor_parallel_size), or move a role to another host"
+                    "dynamo_serve_workers_per_node or the TP (dynamo_serve_*tensor_parallel_size), "
+                    "or move a role to another host"
                 )
     if cfg.get("multinode_api_open") is not True and str(cfg.get("multinode_api_open")).lower() != "true":
         problems.append(
             "multinode_stack=dynamo with multinode_api_open false: the Dynamo frontend takes no API key, so its port "
-            "answers anyone the firewall lets in. Fix: set multinode_api_open: true (and multinode_api_key: \"\") and "
+            'answers anyone the firewall lets in. Fix: set multinode_api_open: true (and multinode_api_key: "") and '
             "limit cluster_firewall_api_clients to the clients' addresses"
         )
     return problems
@@ -164,7 +185,11 @@ def worker_plan(cfg: Mapping[str, Any], hosts: Sequence[str]) -> dict[str, list[
     plan: dict[str, list[dict[str, Any]]] = {h: [] for h in hosts}
     if cfg.get("dynamo_serve_layout") == "disaggregated":
         groups = [
-            ("prefill", _hosts(cfg.get("dynamo_serve_prefill_hosts")) or [], "dynamo_serve_prefill_tensor_parallel_size"),
+            (
+                "prefill",
+                _hosts(cfg.get("dynamo_serve_prefill_hosts")) or [],
+                "dynamo_serve_prefill_tensor_parallel_size",
+            ),
             ("decode", _hosts(cfg.get("dynamo_serve_decode_hosts")) or [], "dynamo_serve_decode_tensor_parallel_size"),
         ]
     else:
@@ -173,7 +198,9 @@ def worker_plan(cfg: Mapping[str, Any], hosts: Sequence[str]) -> dict[str, list[
         tp = _int(cfg.get(tp_var)) or 1
         for host in members:
             if host not in plan:
-                raise DynamoError(f"{host} is not a cluster host ({', '.join(hosts)}): fix the dynamo_serve_*_hosts lists")
+                raise DynamoError(
+                    f"{host} is not a cluster host ({', '.join(hosts)}): fix the dynamo_serve_*_hosts lists"
+                )
             for i in range(per_node):
                 first = sum(w["tp"] for w in plan[host])
                 plan[host].append(
@@ -221,7 +248,9 @@ def worker_argv(
     return argv + [str(a) for a in extra_args]
 
 
-def frontend_argv(python: str, http_host: str, http_port: int, router_mode: str, extra_args: Sequence[str] = ()) -> list[str]:
+def frontend_argv(
+    python: str, http_host: str, http_port: int, router_mode: str, extra_args: Sequence[str] = ()
+) -> list[str]:
     """The frontend unit's command line (OpenAI HTTP server, preprocessor and router)."""
     if router_mode not in ROUTER_MODES:
         raise DynamoError(f"dynamo_serve_router_mode={router_mode!r}: use one of {', '.join(ROUTER_MODES)}")
@@ -240,14 +269,18 @@ def frontend_argv(python: str, http_host: str, http_port: int, router_mode: str,
     ] + [str(a) for a in extra_args]
 
 
-def runtime_env(node_ip: str, head_ip: str, etcd_port: int, nats_port: int, namespace: str = "dynamo") -> dict[str, str]:
+def runtime_env(
+    node_ip: str, head_ip: str, etcd_port: int, nats_port: int, namespace: str = "dynamo"
+) -> dict[str, str]:
     """Environment every Dynamo process gets: where the plane is (the head's control IP) and the
     address it advertises (its own control IP, never an auto-detected one)."""
     for what, ip in (("node", node_ip), ("head", head_ip)):
         try:
             ipaddress.ip_address(ip)
         except ValueError:
-            raise DynamoError(f"the {what}'s control IP {ip!r} is not an IP address: check the fabric facts (preflight)") from None
+            raise DynamoError(
+                f"the {what}'s control IP {ip!r} is not an IP address: check the fabric facts (preflight)"
+            ) from None
     return {
         "ETCD_ENDPOINTS": f"http://{head_ip}:{etcd_port}",
         "NATS_SERVER": f"nats://{head_ip}:{nats_port}",
@@ -301,7 +334,13 @@ def registrations(kvs: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         text = value if isinstance(value, str) else json.dumps(value)
         ip = next((m for m in _IPV4.findall(text) if _is_ip(m)), "")
         regs.append(
-            {"namespace": parts[0], "component": parts[1], "endpoint": parts[2], "instance": "/".join(parts[3:]), "host": ip}
+            {
+                "namespace": parts[0],
+                "component": parts[1],
+                "endpoint": parts[2],
+                "instance": "/".join(parts[3:]),
+                "host": ip,
+            }
         )
     return regs
 
