@@ -104,6 +104,36 @@ def chat(bed: tb.Testbed) -> tuple[int, str]:
     return int(doc["usage"]["completion_tokens"]), str(doc["choices"][0]["message"]["content"] or "")
 
 
+def served(bed: tb.Testbed, index: int, unit: str) -> int:
+    """Requests a worker unit completed, from its journal."""
+    return int(
+        sh(bed, index, f"journalctl -u {unit} --no-pager -o cat | grep -c 'request completed' || true").strip() or 0
+    )
+
+
+def frontend_metrics(bed: tb.Testbed) -> dict[str, float]:
+    """The frontend's Prometheus counters after the load: successful streamed requests, and the
+    prefix-cache view (cached prompt tokens over requests)."""
+    with urllib.request.urlopen(f"http://{bed.node(1).mgmt_ip}:8000/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    found = {"stream_success": 0.0, "cached_tokens_sum": 0.0, "cached_tokens_count": 0.0, "total_kv_blocks": 0.0}
+    for line in text.splitlines():
+        if (
+            line.startswith("dynamo_frontend_requests_total{")
+            and 'request_type="stream"' in line
+            and 'status="success"' in line
+        ):
+            found["stream_success"] += float(line.rsplit(" ", 1)[1])
+        for key, name in (
+            ("cached_tokens_sum", "dynamo_frontend_cached_tokens_sum{"),
+            ("cached_tokens_count", "dynamo_frontend_cached_tokens_count{"),
+            ("total_kv_blocks", "dynamo_frontend_model_total_kv_blocks{"),
+        ):
+            if line.startswith(name):
+                found[key] = float(line.rsplit(" ", 1)[1])
+    return found
+
+
 def etcd_workers(bed: tb.Testbed) -> list[tuple[str, str]]:
     """(component, advertised IP) of every instance key in etcd, read on node1 through its JSON gateway."""
     body = json.dumps(_dynamo.etcd_range_body())
@@ -196,7 +226,9 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     st = status(ansible_env, bed, "status (healed)", DISAGG)
     assert st["missing"] == [] and st["units"]["node2"]["dynamo-worker-prefill-0"]["active"] is True
 
-    # the seed's load: 100 parallel streaming chat requests through the frontend
+    # the seed's load: 100 parallel streaming chat requests through the frontend; the prefill worker
+    # on node2 serves its part of each (its log counts completed requests)
+    prefill_before = served(bed, 2, "dynamo-worker-prefill-0")
     t0 = time.monotonic()
     stats = asyncio.run(
         stream_load(Endpoint(f"http://{bed.node(1).mgmt_ip}:8000", None, MODEL), n=100, max_tokens=32, timeout=120)
@@ -205,6 +237,11 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     summary = stats.summary()
     print(f"\n[dynamo 100 streams] {summary}")
     assert (summary["ok"], summary["errors"]) == (100, 0), summary
+    prefill_after = served(bed, 2, "dynamo-worker-prefill-0")
+    metrics = frontend_metrics(bed)
+    print(f"[dynamo after 100 streams] prefill worker requests {prefill_before} -> {prefill_after}; frontend {metrics}")
+    assert prefill_after - prefill_before >= 100
+    assert metrics["stream_success"] >= 100
 
     # the firewall: this host is no cluster member; the API port answers it, the plane does not
     assert reachable(n1, 8000)
