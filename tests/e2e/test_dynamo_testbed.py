@@ -223,8 +223,6 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     assert recap["node2"] >= 1 and recap["node1"] == 0, recap
     assert "dynamo-worker-prefill-0 started" in " ".join(out.split()), out[-3000:]
     assert etcd_workers(bed) == sorted([("backend", n1), ("prefill", n2)])
-    st = status(ansible_env, bed, "status (healed)", DISAGG)
-    assert st["missing"] == [] and st["units"]["node2"]["dynamo-worker-prefill-0"]["active"] is True
 
     # the seed's load: 100 parallel streaming chat requests through the frontend; the prefill worker
     # on node2 serves its part of each (its log counts completed requests)
