@@ -9,7 +9,7 @@ through the frontend and etcd lists both workers, each advertising its node's co
 is changed=0; the seed's disaggregated layout (decode on node1, prefill on node2) replaces the
 workers and answers; a worker that died is reported by status and brought back by one rerun; 100
 parallel streaming requests (the seed's `seq 1 100 | xargs -P100 curl`) all succeed; etcd and NATS
-drop a non-member (this host) while the API port answers it; teardown stops workers, frontend and
+drop a non-member (a container on the bed's networks) while the API port answers it; teardown stops workers, frontend and
 plane and leaves no Dynamo process or unit. Phase times are printed (pytest -s).
 """
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -32,7 +31,9 @@ import pytest
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
 from multinode_vllm.commands.bench import Endpoint, stream_load
+from multinode_vllm.testbed import image as image_mod
 from multinode_vllm.testbed.dynamoenv import build_dynamo_venv
+from multinode_vllm.testbed.podman import podman
 from multinode_vllm.testbed.tinymodel import make_tiny_llama
 
 sys.path.insert(0, str(Path(PROJECT_DIR) / "collections"))
@@ -169,13 +170,40 @@ def status(ansible_env: dict[str, str], bed: tb.Testbed, phase: str, extra: dict
     return doc
 
 
-def reachable(ip: str, port: int) -> bool:
-    """A TCP connection opens (the firewall drops, so a protected port times out)."""
+# Runs in the outsider container: a TCP connect per port, "open" or "timeout"/"refused".
+PROBE = r"""
+import json, socket, sys
+out = {}
+for host, port in json.load(sys.stdin):
     try:
-        with socket.create_connection((ip, port), timeout=3):
-            return True
-    except OSError:
-        return False
+        socket.create_connection((host, port), timeout=3).close()
+        out[f"{host}:{port}"] = "open"
+    except socket.timeout:
+        out[f"{host}:{port}"] = "timeout"
+    except OSError as exc:
+        out[f"{host}:{port}"] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def from_outsider(bed: tb.Testbed, targets: list[tuple[str, int]]) -> dict[str, str]:
+    """TCP connects from a container on the bed's management and fabric networks that is no cluster
+    member (the firewall's members are the nodes' addresses)."""
+    mgmt = next(n for n in bed.networks if n.interface == "eth0")
+    fabric_net = next(n for n in bed.networks if n.interface == "bond0")
+    name = f"{NAME}-outsider"
+    podman("rm", "-f", "-t", "0", name, check=False)
+    podman(
+        "run", "-d", "--rm", "--name", name,
+        "--network", f"{mgmt.name}:ip={mgmt.subnet.rsplit('.', 1)[0]}.250",
+        "--network", f"{fabric_net.name}:ip={fabric_net.subnet.rsplit('.', 1)[0]}.250",
+        image_mod.IMAGE, "sleep", "infinity",
+    )  # fmt: skip
+    try:
+        got: dict[str, str] = json.loads(podman("exec", "-i", name, "python3", "-c", PROBE, input=json.dumps(targets)))
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+    return got
 
 
 def test_dynamo_serves_aggregated_then_disaggregated(
@@ -241,10 +269,14 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     assert prefill_after - prefill_before >= 100
     assert metrics["stream_success"] >= 100
 
-    # the firewall: this host is no cluster member; the API port answers it, the plane does not
-    assert reachable(n1, 8000)
-    for port in (2379, 4222, 8222):
-        assert not reachable(n1, port), f"{n1}:{port} answers a non-member"
+    # the firewall: an outsider reaches the API port only; node2 (a member) reaches etcd and NATS
+    t0 = time.monotonic()
+    outside = from_outsider(bed, [(n1, 8000), (n1, 2379), (n1, 4222), (n1, 8222)])
+    PHASES["firewall probe"] = round(time.monotonic() - t0, 1)
+    print(f"[dynamo firewall] from the outsider: {outside}")
+    assert outside == {f"{n1}:8000": "open", f"{n1}:2379": "timeout", f"{n1}:4222": "timeout", f"{n1}:8222": "timeout"}
+    member = sh(bed, 2, f"curl -s -m 3 http://{n1}:2379/health; curl -s -m 3 http://{n1}:8222/healthz")
+    assert '"health":"true"' in member and '"status":"ok"' in member, member
 
     play(run_ansible, bed, "playbooks/dynamo_teardown.yml", phase="teardown")
     for index in (1, 2):
