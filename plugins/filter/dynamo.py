@@ -8,7 +8,7 @@ __metaclass__ = type
 
 # The filters are documented beside this file: dynamo_layout_problems.yml, dynamo_worker_plan.yml,
 # dynamo_worker_argv.yml, dynamo_frontend_argv.yml, dynamo_runtime_env.yml, dynamo_etcd_range_body.yml,
-# dynamo_registrations.yml, dynamo_stale_units.yml.
+# dynamo_registrations.yml, dynamo_stale_units.yml, dynamo_node_units.yml.
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils import _dynamo
@@ -62,6 +62,10 @@ def dynamo_registrations(etcd_answer, plan, node_ips, namespace="dynamo"):
     return dict(_dynamo.registration_report(plan, node_ips, regs, namespace), registrations=regs)
 
 
+def dynamo_node_units(workers, is_head=False):
+    return _dynamo.node_units(workers or [], bool(is_head))
+
+
 def dynamo_stale_units(present, wanted):
     return _dynamo.stale_units(present or [], wanted or [])
 
@@ -77,4 +81,5 @@ class FilterModule:
             "dynamo_etcd_range_body": dynamo_etcd_range_body,
             "dynamo_registrations": dynamo_registrations,
             "dynamo_stale_units": dynamo_stale_units,
+            "dynamo_node_units": dynamo_node_units,
         }

@@ -401,3 +401,14 @@ def stale_units(present: Iterable[str], wanted: Iterable[str]) -> list[str]:
         if unit.startswith(UNIT_PREFIX) and unit not in want:
             found.append(unit)
     return sorted(set(found))
+
+
+#: The head's own units (the plane and the frontend), for status.
+HEAD_UNITS = ("dynamo-etcd", "dynamo-nats", "dynamo-frontend")
+
+
+def node_units(workers: Iterable[Mapping[str, Any]], is_head: bool) -> list[dict[str, str]]:
+    """The units a node should run, as unit_state wants them: the head's plane and frontend, then
+    its workers."""
+    names = list(HEAD_UNITS) if is_head else []
+    return [{"name": n} for n in names + [str(w["unit"]) for w in workers]]

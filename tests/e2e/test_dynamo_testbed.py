@@ -9,8 +9,8 @@ through the frontend and etcd lists both workers, each advertising its node's co
 is changed=0; the seed's disaggregated layout (decode on node1, prefill on node2) replaces the
 workers and answers; a worker that died is reported by status and brought back by one rerun; 100
 parallel streaming requests (the seed's `seq 1 100 | xargs -P100 curl`) all succeed; etcd and NATS
-drop a non-member (a container on the bed's networks) while the API port answers it; teardown stops workers, frontend and
-plane and leaves no Dynamo process or unit. Phase times are printed (pytest -s).
+drop a non-member (a container on the bed's networks) while the API port answers it; teardown
+stops workers, frontend and plane and leaves no Dynamo process or unit. Phase times are printed (pytest -s).
 """
 
 from __future__ import annotations

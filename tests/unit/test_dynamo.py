@@ -354,6 +354,17 @@ def test_stale_units_after_a_layout_change() -> None:
     assert _dynamo.stale_units(["dynamo-worker-decode-0.service"], ["dynamo-worker-decode-0"]) == []
 
 
+def test_status_reads_the_heads_plane_and_frontend_then_the_workers() -> None:
+    plan = _dynamo.worker_plan(seed_disagg(), HOSTS)
+    assert _dynamo.node_units(plan["node1"], True) == [
+        {"name": "dynamo-etcd"},
+        {"name": "dynamo-nats"},
+        {"name": "dynamo-frontend"},
+        {"name": "dynamo-worker-decode-0"},
+    ]
+    assert _dynamo.node_units(plan["node2"], False) == [{"name": "dynamo-worker-prefill-0"}]
+
+
 # ------------------------------------------------------------------------------------ filters
 def test_the_registration_filter_joins_parse_and_report() -> None:
     plan = FILTERS["dynamo_worker_plan"](cfg(), HOSTS)
