@@ -398,3 +398,50 @@ def test_the_lock_pins_every_package_and_holds_no_placeholder() -> None:
     names = {line.split("==")[0].lower() for line in lines}
     assert {"ai-dynamo", "ai-dynamo-runtime", "transformers", "uvloop", "pydantic"} <= names
     assert "aisimulate" not in names
+
+
+# ------------------------------------------------------------------------------------ test bed
+def _bed_vars(tmp_path: Path, layout: str) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    from multinode_vllm.testbed import inventory as inv
+    from multinode_vllm.testbed.spec import TestbedSpec, plan_networks, plan_nodes
+
+    spec = TestbedSpec(name="t", nodes=2, layout=layout, subnet_index=213)
+    nets = plan_networks(spec)
+    state = {
+        "name": spec.name,
+        "layout": spec.layout,
+        "ssh_key": "/k",
+        "networks": [asdict(n) for n in nets],
+        "nodes": [asdict(n) for n in plan_nodes(spec, nets)],
+    }
+    inv_dir = inv.write_private(state, tmp_path / "inventory")
+    loader = DataLoader()
+    manager = InventoryManager(loader=loader, sources=[str(inv_dir / "hosts.yml")])
+    hv: dict[str, Any] = VariableManager(loader=loader, inventory=manager).get_vars(host=manager.get_host("node2"))
+    return {"groups": manager.get_groups_dict(), "vars": hv, "image": spec.image}
+
+
+def test_the_dynamo_bed_chooses_the_dynamo_stack_through_its_group(tmp_path: Path) -> None:
+    got = _bed_vars(tmp_path, "dynamo")
+    assert got["image"] == "localhost/multinode-vllm-node:bookworm-dynamo"
+    assert sorted(got["groups"]["dynamo_testbed"]) == ["node1", "node2"]
+    assert got["groups"]["ray_head"] == ["node1"]
+    hv = got["vars"]
+    assert (hv["multinode_stack"], hv["dynamo_serve_engine"], hv["multinode_api_open"]) == ("dynamo", "mocker", True)
+    assert hv["dynamo_serve_venv"] == "/var/tmp/multinode-vllm/venvs/dynamo"
+    # the other beds keep the vllm stack
+    other = _bed_vars(tmp_path / "b", "bond0")
+    assert "dynamo_testbed" not in other["groups"] and "multinode_stack" not in other["vars"]
+
+
+def test_the_dynamo_image_bakes_etcd_and_nats() -> None:
+    from multinode_vllm.testbed import image
+
+    assert image.packages(image.DYNAMO_IMAGE)[-2:] == ("etcd-server", "nats-server")
+    assert image.recipe_hash(image.DYNAMO_IMAGE) != image.recipe_hash(image.IMAGE)
