@@ -15,7 +15,6 @@ stops workers, frontend and plane and leaves no Dynamo process or unit. Phase ti
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import subprocess
@@ -30,7 +29,6 @@ import pytest
 
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
-from multinode_vllm.commands.bench import Endpoint, stream_load
 from multinode_vllm.testbed import image as image_mod
 from multinode_vllm.testbed.dynamoenv import build_dynamo_venv
 from multinode_vllm.testbed.podman import podman
@@ -256,11 +254,14 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     # on node2 serves its part of each (its log counts completed requests)
     prefill_before = served(bed, 2, "dynamo-worker-prefill-0")
     t0 = time.monotonic()
-    stats = asyncio.run(
-        stream_load(Endpoint(f"http://{bed.node(1).mgmt_ip}:8000", None, MODEL), n=100, max_tokens=32, timeout=120)
-    )
-    PHASES["100 streams"] = round(time.monotonic() - t0, 1)
-    summary = stats.summary()
+    bench = subprocess.run(
+        [str(VENV_BIN / "multinode-vllm"), "bench", "-i", str(bed.inventory), "--streams", "100", "--streams-only",
+         "--stream-tokens", "32", "--json"],
+        cwd=PROJECT_DIR, env=ansible_env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    PHASES["100 streams (multinode-vllm bench --streams 100)"] = round(time.monotonic() - t0, 1)
+    assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+    summary = json.loads(bench.stdout)["streams"]
     print(f"\n[dynamo 100 streams] {summary}")
     assert (summary["ok"], summary["errors"]) == (100, 0), summary
     prefill_after = served(bed, 2, "dynamo-worker-prefill-0")
