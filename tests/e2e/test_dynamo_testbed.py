@@ -137,7 +137,9 @@ def etcd_workers(bed: tb.Testbed) -> list[tuple[str, str]]:
     """(component, advertised IP) of every instance key in etcd, read on node1 through its JSON gateway."""
     body = json.dumps(_dynamo.etcd_range_body())
     out = sh(bed, 1, f"curl -s -X POST http://{fabric(bed, 1)}:2379/v3/kv/range -d '{body}'")
-    return sorted((r["component"], r["host"]) for r in _dynamo.registrations(_dynamo.parse_etcd_range(out)))
+    regs = _dynamo.registrations(_dynamo.parse_etcd_range(out))
+    # each worker also registers a KV-query endpoint under its component: count its generate endpoint
+    return sorted((r["component"], r["host"]) for r in regs if r["endpoint"] == "generate")
 
 
 def status(ansible_env: dict[str, str], bed: tb.Testbed, phase: str, extra: dict[str, Any]) -> dict[str, Any]:
