@@ -39,9 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default: 2)")
     up.add_argument(
         "--layout",
-        choices=("bond0", "droplet", "slurm"),
+        choices=("bond0", "droplet", "slurm", "dynamo"),
         default="bond0",
-        help="NIC layout (default: bond0); slurm: bond0 NICs, node1 the SLURM controller + login, the others compute",
+        help="NIC layout (default: bond0); slurm: bond0 NICs, node1 the SLURM controller + login, the others compute; "
+        "dynamo: bond0 NICs, etcd and NATS in the node image, the Dynamo venv mounted, group dynamo_testbed",
     )
     up.add_argument("--rails", type=int, default=2, help="droplet: data rails eth2.. (default: 2)")
     up.add_argument(

@@ -25,6 +25,9 @@ from multinode_vllm.testbed.state import Steps, image_dir
 IMAGE = "localhost/multinode-vllm-node:bookworm"
 #: The SLURM test bed's image: the node image plus Debian's SLURM 22.05 and munge.
 SLURM_IMAGE = "localhost/multinode-vllm-node:bookworm-slurm"
+#: The Dynamo test bed's image: the node image plus Debian's etcd 3.4 and NATS 2.9 (the nodes have
+#: no internet: the dynamo_plane role finds them installed).
+DYNAMO_IMAGE = "localhost/multinode-vllm-node:bookworm-dynamo"
 RECIPE_LABEL = "multinode-vllm.recipe"
 SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
@@ -70,6 +73,7 @@ UseDNS no
 EXTRA_PACKAGES: dict[str, tuple[str, ...]] = {
     IMAGE: (),
     SLURM_IMAGE: ("slurm-wlm", "munge"),
+    DYNAMO_IMAGE: ("etcd-server", "nats-server"),
 }
 
 #: Files written into the rootfs (path -> content); part of the recipe hash.
@@ -245,7 +249,7 @@ def import_rootfs(root: Path, image: str, label: str) -> None:
 
 
 def ensure_image(steps: Steps | None = None, *, force: bool = False, image: str = IMAGE) -> dict[str, Any]:
-    """The node image ``image`` (IMAGE or SLURM_IMAGE), built when missing or when its recipe
+    """The node image ``image`` (IMAGE, SLURM_IMAGE or DYNAMO_IMAGE), built when missing or when its recipe
     changed. Returns a build record."""
     steps = steps or Steps("image")
     want = recipe_hash(image)

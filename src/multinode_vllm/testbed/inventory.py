@@ -53,6 +53,9 @@ def render(state: Mapping[str, Any]) -> str:
         },
     }
     doc: dict[str, Any] = {"all": {"children": {"vllm_cluster": cluster}}}
+    if state["layout"] == "dynamo":
+        # The same cluster, also in group dynamo_testbed: its group_vars choose the dynamo stack.
+        doc["all"]["children"]["dynamo_testbed"] = {"children": {"vllm_cluster": {}}}
     if state["layout"] == "slurm":
         # node1: slurmctld and the login host (sbatch); the others: slurmd. vllm_cluster is empty:
         # the job, not Ansible, starts Ray and vLLM on the compute nodes.

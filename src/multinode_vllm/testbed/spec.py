@@ -18,11 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from multinode_vllm.testbed.image import IMAGE, SLURM_IMAGE
+from multinode_vllm.testbed.image import DYNAMO_IMAGE, IMAGE, SLURM_IMAGE
 from multinode_vllm.testbed.podman import UsageError
 
 DEFAULT_NAME = "mnv"
-LAYOUTS = ("bond0", "droplet", "slurm")
+LAYOUTS = ("bond0", "droplet", "slurm", "dynamo")
 #: Where the slurm layout's nodes get one empty file per fake GPU (gres.conf's File=, one per GPU).
 FAKE_GPU_DIR = "/var/lib/multinode-vllm-fake-gpu"
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,30}[a-z0-9]$|^[a-z]$")
@@ -88,8 +88,9 @@ class TestbedSpec:
 
     @property
     def image(self) -> str:
-        """The node image tag: the SLURM layout's carries Debian's slurm-wlm and munge."""
-        return SLURM_IMAGE if self.layout == "slurm" else IMAGE
+        """The node image tag: the SLURM layout's carries Debian's slurm-wlm and munge, the Dynamo
+        layout's etcd-server and nats-server."""
+        return {"slurm": SLURM_IMAGE, "dynamo": DYNAMO_IMAGE}.get(self.layout, IMAGE)
 
     def resolved_index(self) -> int:
         return self.subnet_index if self.subnet_index is not None else default_subnet_index(self.name)
@@ -131,7 +132,7 @@ class NetworkPlan:
 
 
 def plan_networks(spec: TestbedSpec) -> list[NetworkPlan]:
-    if spec.layout in ("bond0", "slurm"):
+    if spec.layout in ("bond0", "slurm", "dynamo"):
         roles = [("mgmt", "eth0", False), ("fabric", "bond0", True)]
     else:
         roles = [("pub", "eth0", False), ("vpc", "eth1", True)]
