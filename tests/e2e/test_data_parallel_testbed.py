@@ -70,7 +70,14 @@ def serving_endpoint() -> tuple[str, str]:
 
 
 def chat(url: str, key: str) -> str:
-    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
+    # greedy: the same non-empty answer every time (sampling the tiny model can give an empty one)
+    body = {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 8,
+        "min_tokens": 1,
+        "temperature": 0,
+    }
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=120) as resp:

@@ -74,7 +74,14 @@ def generated_key(bed: tb.Testbed) -> Path:
 
 def chat(bed: tb.Testbed, key: str | None = None) -> str:
     key = generated_key(bed).read_text().strip() if key is None else key
-    body = {"model": "tiny-llama", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 8, "min_tokens": 1}
+    # greedy: the same non-empty answer every time (sampling the tiny model can give an empty one)
+    body = {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 8,
+        "min_tokens": 1,
+        "temperature": 0,
+    }
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     req = urllib.request.Request(
         f"http://{bed.node(1).mgmt_ip}:8000/v1/chat/completions", json.dumps(body).encode(), headers
