@@ -9,6 +9,16 @@ from collections.abc import Callable
 
 from multinode_vllm.module_utils._metrics import engine_metrics
 
+# The chat request of the load: greedy, so the same non-empty answer every time (sampling the tiny
+# model can give an empty one: one of 20 was, seen at 505fbd9).
+CHAT_BODY = {
+    "model": "tiny-llama",
+    "messages": [{"role": "user", "content": "Hi"}],
+    "max_tokens": 8,
+    "min_tokens": 1,
+    "temperature": 0,
+}
+
 
 def success_by_engine(base_url: str) -> dict[str, float]:
     """Engine (data-parallel rank) -> its finished requests so far."""

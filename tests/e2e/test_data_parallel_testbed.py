@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from engine_load import every_engine_serves
+from engine_load import CHAT_BODY, every_engine_serves
 
 from multinode_vllm import PROJECT_DIR
 
@@ -70,14 +70,7 @@ def serving_endpoint() -> tuple[str, str]:
 
 
 def chat(url: str, key: str) -> str:
-    # greedy: the same non-empty answer every time (sampling the tiny model can give an empty one)
-    body = {
-        "model": "tiny-llama",
-        "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 8,
-        "min_tokens": 1,
-        "temperature": 0,
-    }
+    body = CHAT_BODY
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {key}"}
     req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=120) as resp:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engine_load import every_engine_serves
+from engine_load import CHAT_BODY, every_engine_serves
 
 from multinode_vllm import testbed as tb
 from multinode_vllm.testbed.tinymodel import make_tiny_llama
@@ -74,14 +74,7 @@ def generated_key(bed: tb.Testbed) -> Path:
 
 def chat(bed: tb.Testbed, key: str | None = None) -> str:
     key = generated_key(bed).read_text().strip() if key is None else key
-    # greedy: the same non-empty answer every time (sampling the tiny model can give an empty one)
-    body = {
-        "model": "tiny-llama",
-        "messages": [{"role": "user", "content": "Hi"}],
-        "max_tokens": 8,
-        "min_tokens": 1,
-        "temperature": 0,
-    }
+    body = CHAT_BODY
     headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {key}"} if key else {})
     req = urllib.request.Request(
         f"http://{bed.node(1).mgmt_ip}:8000/v1/chat/completions", json.dumps(body).encode(), headers
