@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_beds import fresh_bed
 
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
 from multinode_vllm.testbed import image as image_mod
 from multinode_vllm.testbed.dynamoenv import build_dynamo_venv
 from multinode_vllm.testbed.podman import podman
-from multinode_vllm.testbed.tinymodel import make_tiny_llama
 
 sys.path.insert(0, str(Path(PROJECT_DIR) / "collections"))
 from ansible_collections.multinode.vllm.plugins.module_utils import _dynamo
@@ -55,13 +55,8 @@ PHASES: dict[str, float] = {}
 @pytest.fixture(scope="module")
 def bed(node_venv: Path) -> Iterator[tb.Testbed]:
     build_dynamo_venv(quiet=True)
-    tb.down(NAME)  # from bare nodes, even after an interrupted session
-    b = tb.up(tb.TestbedSpec(name=NAME, nodes=2, layout="dynamo", local_inventory=False))
-    try:
-        make_tiny_llama(Path(b.shared_dir) / "models" / MODEL, quiet=True)
+    with fresh_bed(tb.TestbedSpec(name=NAME, nodes=2, layout="dynamo", local_inventory=False), model=MODEL) as b:
         yield b
-    finally:
-        tb.down(NAME)
 
 
 def play(

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_beds import fresh_bed
 
 from multinode_vllm import testbed as tb
-from multinode_vllm.testbed.tinymodel import make_tiny_llama
 
 pytestmark = pytest.mark.e2e
 
@@ -39,13 +39,8 @@ PHASES: dict[str, float] = {}
 
 @pytest.fixture(scope="module")
 def bed(node_venv: Path) -> Iterator[tb.Testbed]:
-    tb.down(NAME)  # from bare nodes, even after an interrupted session
-    b = tb.up(tb.TestbedSpec(name=NAME, nodes=3, layout="slurm", gpus_per_node=1, local_inventory=False))
-    try:
-        make_tiny_llama(Path(b.shared_dir) / "models" / "tiny-llama", quiet=True)
+    with fresh_bed(tb.TestbedSpec(name=NAME, nodes=3, layout="slurm", gpus_per_node=1, local_inventory=False)) as b:
         yield b
-    finally:
-        tb.down(NAME)
 
 
 def play(
