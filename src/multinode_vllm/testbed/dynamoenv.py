@@ -18,13 +18,12 @@ import argparse
 import fcntl
 import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 from multinode_vllm import PROJECT_DIR
-from multinode_vllm.testbed.nodeenv import DEFAULT_PYTHON, STAMP, _check_python, _Progress, _run
+from multinode_vllm.testbed.nodeenv import DEFAULT_PYTHON, STAMP, _Progress, _run, stamped, start_venv
 from multinode_vllm.testbed.podman import TestbedError
 from multinode_vllm.testbed.state import venvs_dir
 
@@ -53,11 +52,7 @@ def spec_hash(python: str = DEFAULT_PYTHON) -> str:
 
 
 def is_current(path: Path | None = None, *, python: str = DEFAULT_PYTHON) -> bool:
-    path = path or default_venv()
-    try:
-        return (path / STAMP).read_text().strip() == spec_hash(python)
-    except FileNotFoundError:
-        return False
+    return stamped(path or default_venv(), spec_hash(python))
 
 
 def build_dynamo_venv(
@@ -73,16 +68,8 @@ def build_dynamo_venv(
         if not rebuild and is_current(path, python=python):
             progress.say(f"{path} is current (spec {want}); reused")
             return path
-        _check_python(python)
-        if rebuild and path.exists():
-            shutil.rmtree(path)
-        (path / STAMP).unlink(missing_ok=True)
-        vpy = path / "bin" / "python"
-        pip = [str(vpy), "-m", "pip", "--disable-pip-version-check"]
         t0 = time.monotonic()
-        if not vpy.exists():
-            with progress.step("venv", f"creating {path} with {python}"):
-                _run([python, "-m", "venv", str(path)], "python -m venv")
+        vpy, pip, _created = start_venv(path, python, rebuild=rebuild, progress=progress)
         with progress.step("pip", f"pip install --no-deps -r {LOCK.name} (about a minute, 700 MB)"):
             _run([*pip, "install", "-q", "--no-deps", "-r", str(LOCK)], "pip install the Dynamo lock")
         with progress.step("check", "importing dynamo.frontend and dynamo.mocker"):

@@ -87,12 +87,33 @@ def spec_hash(python: str = DEFAULT_PYTHON) -> str:
     return h.hexdigest()[:16]
 
 
-def is_current(path: Path | None = None, *, python: str = DEFAULT_PYTHON) -> bool:
-    path = path or default_venv()
+def stamped(path: Path, want: str) -> bool:
+    """The venv at ``path`` was built from the spec whose hash is ``want`` (its STAMP says so)."""
     try:
-        return (path / STAMP).read_text().strip() == spec_hash(python)
+        return (path / STAMP).read_text().strip() == want
     except FileNotFoundError:
         return False
+
+
+def is_current(path: Path | None = None, *, python: str = DEFAULT_PYTHON) -> bool:
+    return stamped(path or default_venv(), spec_hash(python))
+
+
+def start_venv(path: Path, python: str, *, rebuild: bool, progress: _Progress) -> tuple[Path, list[str], bool]:
+    """The common start of a venv build (under its lock, once the stamp did not match): the host's
+    python checked, the venv removed on ``rebuild``, its stamp removed (a build that stops half way is
+    never current), the venv created when missing. Returns (its python, its pip command, created)."""
+    _check_python(python)
+    if rebuild and path.exists():
+        shutil.rmtree(path)
+    (path / STAMP).unlink(missing_ok=True)
+    vpy = path / "bin" / "python"
+    pip = [str(vpy), "-m", "pip", "--disable-pip-version-check"]
+    created = not vpy.exists()
+    if created:
+        with progress.step("venv", f"creating {path} with {python}"):
+            _run([python, "-m", "venv", str(path)], "python -m venv")
+    return vpy, pip, created
 
 
 class _Progress:
@@ -191,15 +212,9 @@ def build_node_venv(
         if not rebuild and is_current(path, python=python):
             progress.say(f"{path} is current (spec {want}); reused")
             return path
-        _check_python(python)
-        if rebuild and path.exists():
-            shutil.rmtree(path)
-        (path / STAMP).unlink(missing_ok=True)
-        vpy = path / "bin" / "python"
-        pip = [str(vpy), "-m", "pip", "--disable-pip-version-check"]
-        if not vpy.exists():
-            with progress.step("venv", f"creating {path} with {python}"):
-                _run([python, "-m", "venv", str(path)], "python -m venv")
+        vpy, pip, created = start_venv(path, python, rebuild=rebuild, progress=progress)
+        if created:
+            with progress.step("pip-upgrade", "upgrading pip in the new venv"):
                 _run([*pip, "install", "-q", "-U", "pip"], "upgrade pip")
         with progress.step("pip", f"pip install {' '.join(SPEC)} (about 75 s, 3.8 GB)"):
             _run([*pip, "install", "-q", *SPEC], "pip install")
