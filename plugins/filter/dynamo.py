@@ -8,7 +8,7 @@ __metaclass__ = type
 
 # The filters are documented beside this file: dynamo_layout_problems.yml, dynamo_worker_plan.yml,
 # dynamo_worker_argv.yml, dynamo_frontend_argv.yml, dynamo_runtime_env.yml, dynamo_etcd_range_body.yml,
-# dynamo_registrations.yml, dynamo_stale_units.yml, dynamo_node_units.yml.
+# dynamo_registrations.yml, dynamo_stale_units.yml, dynamo_node_units.yml, dynamo_status_problems.yml.
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils import _dynamo
@@ -70,6 +70,12 @@ def dynamo_stale_units(present, wanted):
     return _dynamo.stale_units(present or [], wanted or [])
 
 
+def dynamo_status_problems(status, hosts):
+    if not isinstance(status, dict):
+        raise AnsibleFilterError("dynamo_status_problems: give the status report (a dict)")
+    return _dynamo.status_problems(status, list(hosts or []))
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -82,4 +88,5 @@ class FilterModule:
             "dynamo_registrations": dynamo_registrations,
             "dynamo_stale_units": dynamo_stale_units,
             "dynamo_node_units": dynamo_node_units,
+            "dynamo_status_problems": dynamo_status_problems,
         }

@@ -412,3 +412,25 @@ def node_units(workers: Iterable[Mapping[str, Any]], is_head: bool) -> list[dict
     its workers."""
     names = list(HEAD_UNITS) if is_head else []
     return [{"name": n} for n in names + [str(w["unit"]) for w in workers]]
+
+
+def status_problems(status: Mapping[str, Any], hosts: Sequence[str]) -> list[str]:
+    """What is wrong with a running Dynamo stack, one sentence each (``multinode-vllm status``'s
+    ``problems``): the plane's health, every unit of every node that is not active (a node with no
+    unit state did not answer), then the workers the plan expects that etcd does not hold."""
+    problems = []
+    if not status.get("etcd_healthy"):
+        problems.append("etcd: /health on the head did not answer healthy (the plane: dynamo-etcd on the head)")
+    if not status.get("nats_healthy"):
+        problems.append("NATS: /healthz on the head did not answer ok (the plane: dynamo-nats on the head)")
+    units = status.get("units") or {}
+    for host in hosts:
+        node = units.get(host) or {}
+        if not node:
+            problems.append(f"{host}: no unit state was read (the node did not answer)")
+            continue
+        for unit, state in sorted(node.items()):
+            if not (state or {}).get("active"):
+                problems.append(f"{host}: {unit} is {(state or {}).get('state') or 'not active'}")
+    problems.extend(str(m) for m in status.get("missing") or [])
+    return problems

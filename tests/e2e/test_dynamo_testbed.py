@@ -138,19 +138,13 @@ def etcd_workers(bed: tb.Testbed) -> list[tuple[str, str]]:
 
 
 def status(ansible_env: dict[str, str], bed: tb.Testbed, phase: str, extra: dict[str, Any]) -> dict[str, Any]:
-    """playbooks/dynamo_status.yml's report (its `dynamo status: {json}` line, results as JSON)."""
+    """`multinode-vllm status --json` on the dynamo stack: its exported multinode_status (the report of
+    playbooks/dynamo_status.yml, which playbooks/status.yml imports, with `problems`)."""
     t0 = time.monotonic()
     proc = subprocess.run(
-        [
-            str(VENV_BIN / "ansible-playbook"),
-            "-i",
-            str(bed.inventory),
-            "playbooks/dynamo_status.yml",
-            "-e",
-            json.dumps(extra),
-        ],
+        [str(VENV_BIN / "multinode-vllm"), "status", "-i", str(bed.inventory), "--json", "-e", json.dumps(extra)],
         cwd=PROJECT_DIR,
-        env={**ansible_env, "ANSIBLE_CALLBACK_RESULT_FORMAT": "json"},
+        env=ansible_env,
         capture_output=True,
         text=True,
         timeout=300,
@@ -158,11 +152,12 @@ def status(ansible_env: dict[str, str], bed: tb.Testbed, phase: str, extra: dict
     )
     PHASES[phase] = round(time.monotonic() - t0, 1)
     print(f"\n[dynamo phase] {phase}: {PHASES[phase]} s")
-    assert proc.returncode == 0, proc.stdout[-4000:]
-    m = re.search(r'"msg": "dynamo status: (.*)"\n', proc.stdout)
-    assert m, proc.stdout[-3000:]
-    doc: dict[str, Any] = json.loads(json.loads(f'"{m.group(1)}"'))
-    return doc
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
+    doc = json.loads(proc.stdout)
+    exported = (doc.get("result") or doc).get("exported") or {}
+    st: dict[str, Any] = exported.get("multinode_status") or {}
+    assert st.get("stack") == "dynamo", proc.stdout[-3000:]
+    return st
 
 
 # Runs in the outsider container: a TCP connect per port, "open" or "timeout"/"refused".
@@ -239,13 +234,15 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     assert st["etcd_healthy"] and st["nats_healthy"]
     assert st["units"]["node2"]["dynamo-worker-prefill-0"]["active"] is False
     assert st["registered"]["node2"] == {"prefill": {"expected": 1, "registered": 0}}
-    assert st["missing"] == [
-        f"node2: 0 of 1 prefill worker(s) registered in etcd (dynamo/prefill/generate advertising {n2})"
-    ]
+    missing = f"node2: 0 of 1 prefill worker(s) registered in etcd (dynamo/prefill/generate advertising {n2})"
+    assert st["missing"] == [missing]
+    assert st["problems"] == ["node2: dynamo-worker-prefill-0 is inactive", missing], st["problems"]
     recap, out = play(run_ansible, bed, "playbooks/dynamo.yml", phase="heal", extra=DISAGG)
     assert recap["node2"] >= 1 and recap["node1"] == 0, recap
     assert "dynamo-worker-prefill-0 started" in " ".join(out.split()), out[-3000:]
     assert etcd_workers(bed) == sorted([("backend", n1), ("prefill", n2)])
+    healed = status(ansible_env, bed, "status (healed)", DISAGG)
+    assert healed["problems"] == [] and healed["missing"] == [], healed
 
     # the seed's load: 100 parallel streaming chat requests through the frontend; the prefill worker
     # on node2 serves its part of each (its log counts completed requests)

@@ -365,6 +365,74 @@ def test_status_reads_the_heads_plane_and_frontend_then_the_workers() -> None:
     assert _dynamo.node_units(plan["node2"], False) == [{"name": "dynamo-worker-prefill-0"}]
 
 
+def healthy_status() -> dict[str, Any]:
+    """A status report of the seed's disaggregated stack with everything up."""
+    active = {"active": True, "state": "active"}
+    return {
+        "etcd_healthy": True,
+        "nats_healthy": True,
+        "units": {
+            "node1": {u: dict(active) for u in (*_dynamo.HEAD_UNITS, "dynamo-worker-decode-0")},
+            "node2": {"dynamo-worker-prefill-0": dict(active)},
+        },
+        "missing": [],
+    }
+
+
+def test_a_healthy_stack_has_no_problems() -> None:
+    assert _dynamo.status_problems(healthy_status(), HOSTS) == []
+
+
+def test_status_problems_name_the_plane_each_dead_unit_a_silent_node_and_the_missing_workers() -> None:
+    st = healthy_status()
+    st["etcd_healthy"] = False
+    st["units"]["node2"]["dynamo-worker-prefill-0"] = {"active": False, "state": "failed"}
+    st["units"]["node1"]["dynamo-frontend"] = {"active": False}
+    missing = "node2: 0 of 1 prefill worker(s) registered in etcd (dynamo/prefill/generate advertising 10.9.1.12)"
+    st["missing"] = [missing]
+    assert _dynamo.status_problems(st, HOSTS) == [
+        "etcd: /health on the head did not answer healthy (the plane: dynamo-etcd on the head)",
+        "node1: dynamo-frontend is not active",
+        "node2: dynamo-worker-prefill-0 is failed",
+        missing,
+    ]
+    st = healthy_status()
+    st["nats_healthy"] = False
+    del st["units"]["node2"]
+    assert _dynamo.status_problems(st, HOSTS) == [
+        "NATS: /healthz on the head did not answer ok (the plane: dynamo-nats on the head)",
+        "node2: no unit state was read (the node did not answer)",
+    ]
+
+
+def test_the_status_problems_filter_wants_the_report() -> None:
+    assert FILTERS["dynamo_status_problems"](healthy_status(), HOSTS) == []
+    with pytest.raises(AnsibleFilterError, match="give the status report"):
+        FILTERS["dynamo_status_problems"]("healthy", HOSTS)
+
+
+def test_multinode_vllm_status_covers_the_dynamo_stack() -> None:
+    """playbooks/status.yml: the vllm stack's play ends on dynamo nodes, and imports the Dynamo status,
+    whose plays end on vllm nodes; the Dynamo report is exported as multinode_status with its problems."""
+    status = yaml.safe_load((ROOT / "playbooks/status.yml").read_text())
+    assert status[-1]["ansible.builtin.import_playbook"] == "dynamo_status.yml"
+    stacks = {
+        play["name"]: play["pre_tasks"][0]["vars"]["_play_stack"]
+        for doc in (status[:-1], yaml.safe_load((ROOT / "playbooks/dynamo_status.yml").read_text()))
+        for play in doc
+    }
+    assert stacks == {
+        "Status of every node": "vllm",
+        "Dynamo status - the units of every node": "dynamo",
+        "Dynamo status - the plane and the registrations": "dynamo",
+    }
+    tasks = yaml.safe_load((ROOT / "roles/dynamo_serve/tasks/status.yml").read_text())
+    export = next(t for t in tasks if "ansible.builtin.set_stats" in t)
+    assert export["ansible.builtin.set_stats"]["data"] == {"multinode_status": "{{ dynamo_serve_status }}"}
+    report = next(t for t in tasks if t["name"] == "Put the report together")
+    assert "dynamo_status_problems(_multinode_hosts)" in report["vars"]["_dynamo_serve_status_now"]
+
+
 # ------------------------------------------------------------------------------------ filters
 def test_the_registration_filter_joins_parse_and_report() -> None:
     plan = FILTERS["dynamo_worker_plan"](cfg(), HOSTS)
