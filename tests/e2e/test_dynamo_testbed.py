@@ -227,8 +227,11 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     print(f"[dynamo answer, disaggregated] {tokens} tokens: {text!r}")
     assert tokens == 8
 
-    # a dead prefill worker: status reports it, one rerun brings it back
-    sh(bed, 2, "systemctl stop dynamo-worker-prefill-0")
+    # a killed prefill worker (SIGKILL of its main PID), kept down (Restart=always would bring it back
+    # by itself, as the faults module's fault 1 does to Ray): status reports it, one rerun heals it
+    pid = sh(bed, 2, "systemctl show -p MainPID --value dynamo-worker-prefill-0").strip()
+    assert pid.isdigit() and int(pid) > 0, pid
+    sh(bed, 2, f"kill -KILL {pid} && systemctl stop dynamo-worker-prefill-0")
     st = status(ansible_env, bed, "status (worker dead)", DISAGG)
     print(f"[dynamo status, worker dead] {st}")
     assert st["etcd_healthy"] and st["nats_healthy"]
