@@ -19,7 +19,9 @@ description:
     /dev/shm against what Ray and vLLM need), C(node_status) (a node's processes and problems from
     its C(unit_state) result), C(cluster_status) (the group's status and its problems),
     C(cluster_gpus) (the GPUs the group announces to Ray, from every node's variables, unreachable
-    ones too) and C(unit_files) (the unit and environment files a unit reads at start, per runtime).
+    ones too), C(unit_files) (the unit and environment files a unit reads at start, per runtime) and
+    C(ray_auth_env) (Ray's token authentication in a process's environment: the mode and the token
+    file's path, never the token; the hosts path and the SLURM job alike).
 author: multinode.vllm developers (@multinode)
 options:
   _input:
@@ -67,6 +69,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._units import (
     cluster_status,
     node_status,
     parse_shm,
+    ray_auth_env,
     unit_files,
 )
 from ansible_collections.multinode.vllm.plugins.module_utils._units import stale_members as _stale_members
@@ -87,4 +90,5 @@ class FilterModule:
             "cluster_status": cluster_status,
             "unit_files": unit_files,
             "cluster_gpus": cluster_gpus,
+            "ray_auth_env": ray_auth_env,
         }

@@ -67,6 +67,18 @@ def unit_files(name: str, runtime: str, config_dir: str) -> list[str]:
     return files
 
 
+def ray_auth_env(backend: str, token_auth: bool, token_path: str) -> dict[str, str]:
+    """Ray's token authentication in the environment of every Ray process and client (hosts path and
+    SLURM job alike): the mode and the path of the 0600 token file, never the token. Without the ray
+    backend, nothing; with token auth off, ``disabled`` said explicitly (Ray 2.60's ``ray start``
+    turns token auth on by itself when it finds ~/.ray/auth_token)."""
+    if backend != "ray":
+        return {}
+    if token_auth:
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": token_path}
+    return {"RAY_AUTH_MODE": "disabled"}
+
+
 def parse_systemctl_show(text: str) -> list[dict[str, str]]:
     """``systemctl show -p A -p B unit1 unit2`` prints one block of ``KEY=value`` lines per unit,
     blocks separated by an empty line, in the order the units were asked for."""

@@ -314,3 +314,22 @@ def test_cluster_gpus_counts_nodes_that_do_not_answer() -> None:
     assert gpus([answered, down_facts]) == 9
     assert gpus([answered, {}]) == 1
     assert gpus([{"multinode_node_gpus": 4, "multinode_ray_num_gpus": 1}]) == 4
+
+
+# ------------------------------------------------------------------- Ray's token auth environment
+def test_ray_auth_env_gives_the_mode_and_the_token_path_never_the_token() -> None:
+    env = FilterModule().filters()["ray_auth_env"]
+    assert env("ray", True, "/etc/multinode-vllm/ray-auth-token") == {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": "/etc/multinode-vllm/ray-auth-token",
+    }
+    assert env("ray", False, "/etc/multinode-vllm/ray-auth-token") == {"RAY_AUTH_MODE": "disabled"}
+    assert env("mp", True, "/etc/multinode-vllm/ray-auth-token") == {}
+
+
+def test_the_hosts_path_and_the_slurm_job_take_ray_auth_from_one_rule() -> None:
+    root = Path(PROJECT_DIR) / "roles"
+    for role, backend in (("multinode", "multinode_backend"), ("slurm", "_slurm_backend")):
+        text = (root / role / "vars" / "main.yml").read_text()
+        assert f"{backend} | multinode.vllm.ray_auth_env(" in text, role
+        assert "'RAY_AUTH_MODE'" not in text, role
