@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import urllib.request
@@ -21,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from e2e_beds import RECAP
 from engine_load import CHAT_BODY, every_engine_serves
 
 from multinode_vllm import PROJECT_DIR
@@ -36,7 +36,6 @@ DP = {
     "vllm_serve_tensor_parallel_size": 1,
     "vllm_serve_pipeline_parallel_size": 1,
 }
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 
 
 def endpoint() -> tuple[str, str]:

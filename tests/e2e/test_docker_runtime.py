@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
+from e2e_beds import RECAP
 
 from multinode_vllm.testbed import dockerhost, fake_nvml, image
 from multinode_vllm.testbed.nodeenv import build_node_venv
@@ -37,7 +38,6 @@ pytestmark = pytest.mark.e2e
 ROOT_DIR = Path("/var/tmp/multinode-vllm/docker-e2e")
 API_KEY = "mnv-docker-e2e-key"
 PORT = 8000
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 PHASES: dict[str, float] = {}
 
 

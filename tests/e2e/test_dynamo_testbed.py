@@ -15,6 +15,7 @@ stops workers, frontend and plane and leaves no Dynamo process or unit. Phase ti
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import subprocess
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import e2e_beds
 import pytest
 from e2e_beds import fresh_bed
 
@@ -43,7 +45,6 @@ VENV_BIN = Path(PROJECT_DIR) / ".venv" / "bin"
 
 NAME = "mnv-dynamo"  # its default subnet is its own (mnv-dyn was mnv-e2e's: test_testbed_spec)
 MODEL = "tiny-llama"
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 DISAGG = {
     "dynamo_serve_layout": "disaggregated",
     "dynamo_serve_prefill_hosts": ["node2"],
@@ -59,21 +60,7 @@ def bed(node_venv: Path) -> Iterator[tb.Testbed]:
         yield b
 
 
-def play(
-    run_ansible: Callable[..., Any],
-    bed: tb.Testbed,
-    playbook: str,
-    *,
-    phase: str,
-    extra: dict[str, Any] | None = None,
-) -> tuple[dict[str, int], str]:
-    t0 = time.monotonic()
-    args = ["-i", str(bed.inventory), playbook] + (["-e", json.dumps(extra)] if extra else [])
-    proc = run_ansible("ansible-playbook", *args, timeout=600)
-    PHASES[phase] = round(time.monotonic() - t0, 1)
-    print(f"\n[dynamo phase] {phase}: {PHASES[phase]} s")
-    assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+play = functools.partial(e2e_beds.play, phases=PHASES, label="dynamo")
 
 
 def sh(bed: tb.Testbed, index: int, script: str) -> str:

@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 from ansible_collections.multinode.vllm.plugins.module_utils._model import read_safetensors_header
+from e2e_beds import RECAP
 
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
@@ -38,7 +39,6 @@ FAKE_HF = Path(PROJECT_DIR) / "tests" / "fixtures" / "fake_hf" / "hf"
 TOKEN = "hf_mnvE2Esecret0token0not0for0logs"
 LOCAL = "/var/lib/mnv-model"  # on each node's own disk (not the shared mount)
 CALLS = "/var/tmp/fake-hf-calls.jsonl"  # the stand-in CLI's record, per node
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 RUN_SECONDS: dict[str, float] = {}
 OUTPUTS: list[str] = []  # every run's output: the token must be in none
 

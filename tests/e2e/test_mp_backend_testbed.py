@@ -18,8 +18,8 @@ counters; a rerun changes nothing.
 
 from __future__ import annotations
 
+import functools
 import json
-import re
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import e2e_beds
 import pytest
 from engine_load import CHAT_BODY, every_engine_serves
 
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.e2e
 NAME = "mnv-mp"
 # No key given (the committed test-bed group_vars set one; the extra var empties it): generated.
 MP = {"multinode_backend": "mp", "multinode_api_key": ""}
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 PHASES: dict[str, float] = {}
 
 
@@ -53,15 +53,8 @@ def bed() -> Iterator[tb.Testbed]:
         tb.down(NAME)
 
 
-def play(
-    run_ansible: Callable[..., Any], bed: tb.Testbed, *playbooks: str, phase: str, extra: dict[str, Any] = MP
-) -> tuple[dict[str, int], str]:
-    t0 = time.monotonic()
-    proc = run_ansible("ansible-playbook", "-i", str(bed.inventory), *playbooks, "-e", json.dumps(extra), timeout=900)
-    PHASES[phase] = round(time.monotonic() - t0, 1)
-    print(f"\n[mp phase] {phase}: {PHASES[phase]} s")
-    assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+# site.yml etc. with the mp backend (extra defaults to MP), timed into PHASES
+play = functools.partial(e2e_beds.play, phases=PHASES, label="mp", extra=MP, timeout=900)
 
 
 def sh(bed: tb.Testbed, index: int, script: str) -> str:

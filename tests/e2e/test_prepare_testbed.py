@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_beds import RECAP
 
 from multinode_vllm import testbed as tb
 from multinode_vllm.testbed import fake_nvml
@@ -38,7 +39,6 @@ pytestmark = pytest.mark.e2e
 
 NAME = "mnv-prep"
 RunAnsible = Callable[..., subprocess.CompletedProcess[str]]
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 STEP_SECONDS: dict[str, float] = {}
 ON = {"multinode_prepare": True}
 NEW = "550.144.03"  # the second driver version of the stub repository

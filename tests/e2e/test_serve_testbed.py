@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_beds import RECAP
 
 from multinode_vllm import RunOptions
 from multinode_vllm import run as runner_run
@@ -37,7 +38,6 @@ API_KEY = "mnv-testbed-key"  # inventories/local/group_vars/all/serve.yml
 PORT = 8000
 CLUSTER_SERVE = ("playbooks/cluster.yml", "playbooks/serve.yml")
 PHASE_SECONDS: dict[str, float] = {}
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 # A serve variable changed by the `--tags serve` step and kept for the later steps.
 SERVE_CHANGE = {"vllm_serve_max_num_seqs": 3}
 

@@ -15,6 +15,7 @@ Ray or vLLM process on either compute node. Phase times are printed (pytest -s).
 from __future__ import annotations
 
 import calendar
+import functools
 import json
 import re
 import time
@@ -23,6 +24,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import e2e_beds
 import pytest
 from e2e_beds import fresh_bed
 
@@ -32,7 +34,6 @@ pytestmark = pytest.mark.e2e
 
 NAME = "mnv-slurm"
 KEY = "mnv-testbed-key"  # inventories/local/group_vars/all/serve.yml
-RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 JOB = re.compile(r"SLURM job (\d+) \((kept|submitted)\) on (\S+), backend (\w+)")
 PHASES: dict[str, float] = {}
 
@@ -43,25 +44,7 @@ def bed(node_venv: Path) -> Iterator[tb.Testbed]:
         yield b
 
 
-def play(
-    run_ansible: Callable[..., Any],
-    bed: tb.Testbed,
-    playbook: str,
-    *,
-    phase: str,
-    extra: dict[str, Any] | None = None,
-    ok: bool = True,
-) -> tuple[dict[str, int], str]:
-    t0 = time.monotonic()
-    args = ["-i", str(bed.inventory), playbook] + (["-e", json.dumps(extra)] if extra else [])
-    proc = run_ansible("ansible-playbook", *args, timeout=600)
-    PHASES[phase] = round(time.monotonic() - t0, 1)
-    print(f"\n[slurm phase] {phase}: {PHASES[phase]} s")
-    if ok:
-        assert proc.returncode == 0, f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-2000:]}"
-    else:
-        assert proc.returncode != 0, f"{phase}: expected a failure\n{proc.stdout[-4000:]}"
-    return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+play = functools.partial(e2e_beds.play, phases=PHASES, label="slurm")
 
 
 def job_of(out: str) -> tuple[str, str, str, str]:
