@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from multinode_vllm import testbed as tb
+from multinode_vllm.testbed.image import IMAGE
+from multinode_vllm.testbed.podman import podman
 from multinode_vllm.testbed.tinymodel import make_tiny_llama
 
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
@@ -52,3 +54,24 @@ def play(
     else:
         assert proc.returncode != 0, f"{phase}: expected a failure\n{proc.stdout[-4000:]}"
     return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+
+
+@contextmanager
+def outsider(bed: tb.Testbed, name: str) -> Iterator[tuple[str, str]]:
+    """A container on the bed's management and fabric networks (address .250 on each) that is no
+    cluster member (the firewall's members are the nodes' addresses), for probes from outside;
+    removed at the end. Yields its (management, fabric) addresses; ``podman exec -i NAME ...`` runs in it."""
+    mgmt = next(n for n in bed.networks if n.interface == "eth0")
+    fabric = next(n for n in bed.networks if n.interface == "bond0")
+    ips = (mgmt.subnet.rsplit(".", 1)[0] + ".250", fabric.subnet.rsplit(".", 1)[0] + ".250")
+    podman("rm", "-f", "-t", "0", name, check=False)
+    podman(
+        "run", "-d", "--rm", "--name", name,
+        "--network", f"{mgmt.name}:ip={ips[0]}",
+        "--network", f"{fabric.name}:ip={ips[1]}",
+        IMAGE, "sleep", "infinity",
+    )  # fmt: skip
+    try:
+        yield ips
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)

@@ -32,7 +32,6 @@ from e2e_beds import fresh_bed
 
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
-from multinode_vllm.testbed import image as image_mod
 from multinode_vllm.testbed.dynamoenv import build_dynamo_venv
 from multinode_vllm.testbed.podman import podman
 
@@ -164,22 +163,10 @@ print(json.dumps(out))
 
 
 def from_outsider(bed: tb.Testbed, targets: list[tuple[str, int]]) -> dict[str, str]:
-    """TCP connects from a container on the bed's management and fabric networks that is no cluster
-    member (the firewall's members are the nodes' addresses)."""
-    mgmt = next(n for n in bed.networks if n.interface == "eth0")
-    fabric_net = next(n for n in bed.networks if n.interface == "bond0")
+    """TCP connects from a container on the bed's networks that is no cluster member."""
     name = f"{NAME}-outsider"
-    podman("rm", "-f", "-t", "0", name, check=False)
-    podman(
-        "run", "-d", "--rm", "--name", name,
-        "--network", f"{mgmt.name}:ip={mgmt.subnet.rsplit('.', 1)[0]}.250",
-        "--network", f"{fabric_net.name}:ip={fabric_net.subnet.rsplit('.', 1)[0]}.250",
-        image_mod.IMAGE, "sleep", "infinity",
-    )  # fmt: skip
-    try:
+    with e2e_beds.outsider(bed, name):
         got: dict[str, str] = json.loads(podman("exec", "-i", name, "python3", "-c", PROBE, input=json.dumps(targets)))
-    finally:
-        podman("rm", "-f", "-t", "0", name, check=False)
     return got
 
 

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import e2e_beds
 import pytest
 
 from multinode_vllm import testbed as tb
-from multinode_vllm.testbed import image as image_mod
 from multinode_vllm.testbed.spec import existing_subnets, find_clashes, plan_networks
 from multinode_vllm.testbed.state import load_state
 
@@ -288,18 +288,17 @@ def test_secrets_appear_nowhere_but_the_0600_files(deployed: Deployed) -> None:
     assert places["node1 files searched"] > 1000 and places["node1 process arguments"] > 10
 
 
-def test_firewall_refuses_outsiders_and_ray_wants_its_token(deployed: Deployed) -> None:
+@pytest.fixture
+def outsider_ips(deployed: Deployed) -> Iterator[tuple[str, str]]:
+    """The outsider container (no cluster member) on the bed's networks, for this test only."""
+    with e2e_beds.outsider(deployed.bed, OUTSIDER) as ips:
+        yield ips
+
+
+def test_firewall_refuses_outsiders_and_ray_wants_its_token(deployed: Deployed, outsider_ips: tuple[str, str]) -> None:
     d = deployed
     mgmt = next(n for n in d.bed.networks if n.interface == "eth0")
-    fabric = next(n for n in d.bed.networks if n.interface == "bond0")
-    out_mgmt, out_fabric = mgmt.subnet.rsplit(".", 1)[0] + ".250", fabric.subnet.rsplit(".", 1)[0] + ".250"
-    podman("rm", "-f", "-t", "0", OUTSIDER, check=False)
-    podman(
-        "run", "-d", "--rm", "--name", OUTSIDER,
-        "--network", f"{mgmt.name}:ip={out_mgmt}",
-        "--network", f"{fabric.name}:ip={out_fabric}",
-        image_mod.IMAGE, "sleep", "infinity",
-    )  # fmt: skip
+    out_mgmt, out_fabric = outsider_ips
     key = d.secrets["multinode_api_key"]
     head_m, head_f = d.head_mgmt, d.head_fabric
     outsider_req = {
