@@ -20,8 +20,8 @@ description:
     its C(unit_state) result), C(cluster_status) (the group's status and its problems),
     C(cluster_gpus) (the GPUs the group announces to Ray, from every node's variables, unreachable
     ones too), C(unit_files) (the unit and environment files a unit reads at start, per runtime) and
-    C(ray_auth_env) (Ray's token authentication in a process's environment: the mode and the token
-    file's path, never the token; the hosts path and the SLURM job alike).
+    C(ray_auth_env) (Ray's token authentication in a process's environment, the mode and the token
+    file's path but never the token, for the hosts path and the SLURM job alike).
 author: multinode.vllm developers (@multinode)
 options:
   _input:
