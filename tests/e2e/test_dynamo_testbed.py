@@ -210,10 +210,13 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     print(f"[dynamo status, worker dead] {st}")
     assert st["etcd_healthy"] and st["nats_healthy"]
     assert st["units"]["node2"]["dynamo-worker-prefill-0"]["active"] is False
-    assert st["registered"]["node2"] == {"prefill": {"expected": 1, "registered": 0}}
+    # etcd keeps a killed worker's instance key until its lease expires (a clean stop revokes it at
+    # once): the registration may still be there; the unit state tells the kill at once.
     missing = f"node2: 0 of 1 prefill worker(s) registered in etcd (dynamo/prefill/generate advertising {n2})"
-    assert st["missing"] == [missing]
-    assert st["problems"] == ["node2: dynamo-worker-prefill-0 is inactive", missing], st["problems"]
+    assert st["registered"]["node2"]["prefill"]["expected"] == 1
+    assert st["missing"] == ([missing] if st["registered"]["node2"]["prefill"]["registered"] == 0 else [])
+    assert st["problems"][0] in (f"node2: dynamo-worker-prefill-0 is {state}" for state in ("failed", "inactive"))
+    assert st["problems"] == st["problems"][:1] + st["missing"], st["problems"]
     recap, out = play(run_ansible, bed, "playbooks/dynamo.yml", phase="heal", extra=DISAGG)
     assert recap["node2"] >= 1 and recap["node1"] == 0, recap
     assert "dynamo-worker-prefill-0 started" in " ".join(out.split()), out[-3000:]
