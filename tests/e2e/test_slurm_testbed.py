@@ -179,7 +179,9 @@ def test_slurm_job_serves_both_backends_idempotently(
     play(run_ansible, bed, "playbooks/slurm_teardown.yml", phase="teardown")
     assert sh(bed, 1, "squeue -h").strip() == ""
     states = set(sh(bed, 1, "sinfo -h -N -o %T").split())
-    assert states == {"idle"}, states
+    # free: idle, or "planned" (an idle node the backfill scheduler had set aside for the pending job
+    # that was just cancelled; the flag clears at its next pass, bf_interval 30 s)
+    assert states and states <= {"idle", "planned"}, states
     for index in (2, 3):
         args = sh(bed, index, "ps -eo args").splitlines()
         left = [a for a in args if re.search(r"bin/(ray|vllm) |raylet|gcs_server|RayWorkerProc|EngineCore", a)]

@@ -43,6 +43,9 @@ from multinode_vllm.testbed.state import (
 )
 
 SSH_WAIT_S = 90.0
+#: Seconds one SSH probe may take: short while the nodes boot, longer once the wait drags on (a
+#: login on a loaded machine can take longer than a boot).
+SSH_PROBE_S = (5.0, 15.0)
 ANSI_RE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 SSH_OPTS = (
     "-o",
@@ -137,14 +140,31 @@ def _container_name(c: dict[str, Any]) -> str:
 # --- up ---------------------------------------------------------------------------------------
 
 
+class BootError(TestbedError):
+    """Node containers run but do not answer SSH; the message holds what each node showed."""
+
+
 def up(spec: TestbedSpec, *, quiet: bool = False) -> Testbed:
-    """Start the test bed described by ``spec`` (idempotent; see module doc)."""
+    """Start the test bed described by ``spec`` (idempotent; see module doc).
+
+    Nodes that run but do not answer SSH (on a resume or a first start) are reported with what they
+    showed, removed and created once more: a test bed holds nothing that a converge cannot put
+    back, and its shared dir (the model cache) stays. A second failure is raised.
+    """
     spec.validate()
     steps = Steps(spec.name, quiet=quiet)
     ensure_tools(spec.install_deps)
     nets = plan_networks(spec)
     nodes = plan_nodes(spec, nets)
+    try:
+        return _up(spec, nets, nodes, steps)
+    except BootError as exc:
+        steps.say(f"{exc}\nremoving the test bed's containers and networks and creating them once more")
+        _remove_objects(spec.name)
+        return _create(spec, nets, nodes, steps)
 
+
+def _up(spec: TestbedSpec, nets: list[NetworkPlan], nodes: list[NodePlan], steps: Steps) -> Testbed:
     existing = containers(spec.name)
     state = load_state(spec.name)
     if existing:
@@ -164,7 +184,10 @@ def up(spec: TestbedSpec, *, quiet: bool = False) -> Testbed:
     if networks(spec.name) or state is not None:
         steps.say("removing leftovers of an earlier attempt")
         _remove_objects(spec.name)
+    return _create(spec, nets, nodes, steps)
 
+
+def _create(spec: TestbedSpec, nets: list[NetworkPlan], nodes: list[NodePlan], steps: Steps) -> Testbed:
     _check_clashes(spec, nets)
     steps.say(f"{spec.nodes} nodes, layout {spec.layout}, subnet 10.{spec.resolved_index()}.0.0/16")
     steps.mark("checks")
@@ -384,14 +407,16 @@ def ssh_ok(ip: str, key: Path, timeout: float = 5) -> bool:
 
 
 def _wait_ssh(name: str, nodes: Sequence[NodePlan], key: Path, steps: Steps, limit: float = SSH_WAIT_S) -> None:
-    deadline = time.monotonic() + limit
+    started = time.monotonic()
+    deadline = started + limit
     pending = list(nodes)
     while pending:
-        pending = [n for n in pending if not ssh_ok(n.mgmt_ip, key)]
+        probe = SSH_PROBE_S[0] if time.monotonic() - started < limit / 3 else SSH_PROBE_S[1]
+        pending = [n for n in pending if not ssh_ok(n.mgmt_ip, key, timeout=probe)]
         if not pending:
             return
         if time.monotonic() > deadline:
-            raise TestbedError(_boot_failure(name, pending, limit, key))
+            raise BootError(_boot_failure(name, pending, limit, key))
         for n in pending:
             st = podman("inspect", "--format", "{{.State.Status}}", n.container, check=False).strip()
             if st not in ("running", "created", "configured", ""):
@@ -408,14 +433,40 @@ def _ssh_error(ip: str, key: Path) -> str:
     return "ok" if proc.returncode == 0 else (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
 
 
+#: What a node that does not answer SSH shows from inside (podman exec, no network needed).
+NODE_VIEW = (
+    "echo system: $(systemctl is-system-running 2>&1); "
+    "echo ssh: $(systemctl is-active ssh.service ssh-hostkeys.service 2>&1); "
+    "echo listening: $(ss -Hltn 2>/dev/null | awk '{print $4}' | tr '\\n' ' '); "
+    "echo addresses: $(ip -br -4 addr 2>&1 | tr -s ' ' | tr '\\n' ';'); "
+    "journalctl -b -u ssh.service -n 5 --no-pager -o cat 2>&1 | sed 's/^/journal: /'"
+)
+
+
+def _node_view(node: NodePlan) -> list[str]:
+    lines = []
+    for label, argv in (
+        ("", ["podman", "exec", node.container, "sh", "-c", NODE_VIEW]),
+        ("host route: ", ["ip", "-o", "route", "get", node.mgmt_ip]),
+    ):
+        try:
+            proc = run(argv, check=False, timeout=30)
+            text = proc.stdout + proc.stderr
+        except TestbedError as exc:  # a hung podman exec: say so, keep the rest of the report
+            text = str(exc)
+        lines += [label + line for line in text.splitlines() if line.strip()]
+    return lines
+
+
 def _boot_failure(name: str, nodes: Sequence[NodePlan], limit: float, key: Path, state: str | None = None) -> str:
     lines = []
     for n in nodes:
         st = state or podman("inspect", "--format", "{{.State.Status}}", n.container, check=False).strip()
         logs = run(["podman", "logs", "--tail", "40", n.container], check=False)
         text = ANSI_RE.sub("", (logs.stdout + logs.stderr).replace("\r", ""))
-        tail = [line for line in text.splitlines() if line.strip()][-20:]
+        tail = [line for line in text.splitlines() if line.strip()][-8:]
         lines.append(f"{n.container} ({n.mgmt_ip}): container state {st!r}; ssh: {_ssh_error(n.mgmt_ip, key)}")
+        lines += [f"  {line}" for line in _node_view(n)]
         lines.append("  podman logs (last lines):")
         lines += [f"    {line}" for line in tail] or ["    (empty)"]
     what = "did not answer SSH" if state is None else "stopped while booting"
