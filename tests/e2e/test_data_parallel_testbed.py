@@ -6,7 +6,8 @@ second engine as a Ray actor on the other node. The serve gate checks every engi
 finished-request counter; 20 chat completions sent at once move both engines' counters (read with
 prometheus_client's parser), and `multinode-vllm status --json` shows them per engine; a rerun
 changes nothing. The mp backend's data parallel runs in
-test_mp_backend_testbed.py.
+test_mp_backend_testbed.py. At the end the bed's nodes are stopped (`multinode-vllm up` starts them
+again): idle engines would take CPU from the modules after this one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import os
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -24,18 +25,32 @@ from e2e_beds import RECAP
 from engine_load import CHAT_BODY, every_engine_serves
 
 from multinode_vllm import PROJECT_DIR
+from multinode_vllm.testbed.nodes import containers
 
 pytestmark = pytest.mark.e2e
 
 pytest.importorskip("multinode_vllm.testbed.nodeenv")
 
 INVENTORY = str(PROJECT_DIR / "inventories" / "local")
+TESTBED = "mnv"  # the CLI's default test bed (commands/up.py)
 DP = {
     "multinode_backend": "ray",
     "vllm_serve_data_parallel_size": 2,
     "vllm_serve_tensor_parallel_size": 1,
     "vllm_serve_pipeline_parallel_size": 1,
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def stop_the_bed_after() -> Iterator[None]:
+    """The last module on mnv: its nodes are stopped at the end (`podman stop`; `multinode-vllm up`
+    starts them again), so that two idle engines and Ray do not take CPU from the modules after it."""
+    yield
+    if os.environ.get("MNV_E2E_KEEP"):
+        return
+    names = [c["Names"][0] for c in containers(TESTBED)]
+    if names:
+        subprocess.run(["podman", "stop", "-t", "10", *names], check=False, capture_output=True, timeout=120)
 
 
 def endpoint() -> tuple[str, str]:
