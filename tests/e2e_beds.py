@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
 from multinode_vllm.testbed.image import IMAGE
 from multinode_vllm.testbed.podman import podman
@@ -54,6 +57,23 @@ def play(
     else:
         assert proc.returncode != 0, f"{phase}: expected a failure\n{proc.stdout[-4000:]}"
     return {m[0]: int(m[2]) for m in RECAP.findall(proc.stdout)}, proc.stdout
+
+
+def cli_status(
+    env: dict[str, str], inventory: Path | str | None = None, extra: dict[str, Any] | None = None, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any] | None]:
+    """`multinode-vllm status --json` on ``inventory`` (none: the embedded default, the local test bed):
+    the process and the ``multinode_status`` that the run exported; None when it printed no JSON."""
+    argv = [sys.executable, "-m", "multinode_vllm", "status", "--json"]
+    argv += ["-i", str(inventory)] if inventory else []
+    argv += ["-e", json.dumps(extra)] if extra else []
+    proc = subprocess.run(argv, cwd=PROJECT_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return proc, None
+    exported = (doc.get("result") or doc).get("exported") or {}
+    return proc, exported.get("multinode_status") or {}
 
 
 @contextmanager

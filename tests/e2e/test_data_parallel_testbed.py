@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from e2e_beds import RECAP
+from e2e_beds import RECAP, cli_status
 from engine_load import CHAT_BODY, every_engine_serves
 
 from multinode_vllm import PROJECT_DIR
@@ -107,16 +107,9 @@ def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callab
     after = every_engine_serves(url, lambda: chat(url, key), label="ray dp2")
 
     # status reads the same counters per engine (two /metrics reads; the JSON fields the README names)
-    st = subprocess.run(
-        [sys.executable, "-m", "multinode_vllm", "status", "--json"],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "CI": "true"},
-    )
-    assert st.returncode == 0, st.stderr[-3000:]
-    metrics = json.loads(st.stdout)["exported"]["multinode_status"]["metrics"]
+    proc, st = cli_status({**os.environ, "CI": "true"}, timeout=600)
+    assert proc.returncode == 0 and st, proc.stderr[-3000:]
+    metrics = st["metrics"]
     print(f"[ray dp2] status metrics {json.dumps(metrics)}")
     assert set(metrics["engines"]) == {"0", "1"} and metrics["total"]["engines"] == 2
     for e in ("0", "1"):

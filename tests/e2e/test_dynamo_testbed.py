@@ -28,7 +28,7 @@ from typing import Any
 
 import e2e_beds
 import pytest
-from e2e_beds import fresh_bed
+from e2e_beds import cli_status, fresh_bed
 
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm import testbed as tb
@@ -127,21 +127,10 @@ def status(ansible_env: dict[str, str], bed: tb.Testbed, phase: str, extra: dict
     """`multinode-vllm status --json` on the dynamo stack: its exported multinode_status (the report of
     playbooks/dynamo_status.yml, which playbooks/status.yml imports, with `problems`)."""
     t0 = time.monotonic()
-    proc = subprocess.run(
-        [str(VENV_BIN / "multinode-vllm"), "status", "-i", str(bed.inventory), "--json", "-e", json.dumps(extra)],
-        cwd=PROJECT_DIR,
-        env=ansible_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    proc, st = cli_status(ansible_env, bed.inventory, extra)
     PHASES[phase] = round(time.monotonic() - t0, 1)
     print(f"\n[dynamo phase] {phase}: {PHASES[phase]} s")
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    doc = json.loads(proc.stdout)
-    exported = (doc.get("result") or doc).get("exported") or {}
-    st: dict[str, Any] = exported.get("multinode_status") or {}
+    assert proc.returncode == 0 and st is not None, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert st.get("stack") == "dynamo", proc.stdout[-3000:]
     return st
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from e2e_beds import cli_status
 from test_serve_testbed import CLUSTER_SERVE, Story, node_venv, recap
 
 from multinode_vllm import PROJECT_DIR
@@ -89,24 +90,11 @@ class FaultStory(Story):
     def status(self) -> tuple[int, dict[str, Any], float]:
         """`multinode-vllm status --json`: (exit code, the exported multinode_status, seconds)."""
         t0 = time.monotonic()
-        proc = subprocess.run(
-            [str(VENV_BIN / "multinode-vllm"), "status", "-i", str(self.tb.inventory), "--json"]
-            + (["-e", json.dumps(self.extra)] if self.extra else []),
-            cwd=PROJECT_DIR,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=STATUS_TIMEOUT,
-            check=False,
-        )
+        proc, st = cli_status(self.env, self.tb.inventory, self.extra, timeout=STATUS_TIMEOUT)
         secs = round(time.monotonic() - t0, 1)
-        try:
-            doc = json.loads(proc.stdout)
-        except json.JSONDecodeError:
+        if st is None:
             say(f"status printed no JSON (rc={proc.returncode}): {proc.stdout[-500:]} {proc.stderr[-1500:]}")
-            return proc.returncode, {}, secs
-        exported = (doc.get("result") or doc).get("exported") or {}
-        return proc.returncode, exported.get("multinode_status") or {}, secs
+        return proc.returncode, st or {}, secs
 
     # --- what serving means -------------------------------------------------------------------
     def ray_nodes_alive(self) -> int:
@@ -202,7 +190,9 @@ def fmt(secs: float | None) -> str:
     return "-" if secs is None else f"{secs:.0f} s"
 
 
-def wait_reported(story: FaultStory, rec: dict[str, Any], t_inject: float, reported: Callable[[int, dict], bool]):
+def wait_reported(
+    story: FaultStory, rec: dict[str, Any], t_inject: float, reported: Callable[[int, dict[str, Any]], bool]
+) -> dict[str, Any]:
     """Run status until it reports the fault (bounded); record when and what it said."""
     runs = 0
     while True:

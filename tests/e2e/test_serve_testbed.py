@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import subprocess
 import time
 import urllib.error
 import urllib.parse
@@ -76,7 +77,9 @@ class Story:
         """ansible-playbook's arguments: the test bed's inventory, the playbooks, the story's extra vars (and these)."""
         return ["-i", str(self.tb.inventory), *playbooks, "-e", json.dumps({**self.extra, **(extra or {})})]
 
-    def playbook(self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()):
+    def playbook(
+        self, *playbooks: str, phase: str, extra: dict[str, Any] | None = None, args: tuple[str, ...] = ()
+    ) -> subprocess.CompletedProcess[str]:
         if self.failed:
             pytest.fail(f"an earlier step failed: {self.failed}")
         t0 = time.monotonic()
@@ -88,7 +91,7 @@ class Story:
             pytest.fail(f"{phase}: rc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    def node_sh(self, index: int, script: str, check: bool = True):
+    def node_sh(self, index: int, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.tb.exec(index, ["sh", "-c", script], check=check)
 
     def unit_start(self, index: int, unit: str) -> str:
