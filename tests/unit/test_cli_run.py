@@ -239,7 +239,7 @@ def test_bad_input_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -
 
 
 def test_ctrl_c_stops_the_playbook_and_exits_130(inv: Path, tmp_path: Path) -> None:
-    pb = playbook(tmp_path, "- name: Sleep a long time\n  ansible.builtin.command: sleep 60\n  changed_when: false\n")
+    pb = playbook(tmp_path, "- name: Sleep a long time\n  ansible.builtin.command: sleep 180\n  changed_when: false\n")
     env = {**os.environ, "CI": "true"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "multinode_vllm", "up", "-i", str(inv), "--playbook", str(pb), "--no-smoke"],
@@ -257,5 +257,5 @@ def test_ctrl_c_stops_the_playbook_and_exits_130(inv: Path, tmp_path: Path) -> N
     rest = proc.stderr.read()
     rc = proc.wait(timeout=30)
     assert rc == 130, rest
-    assert time.monotonic() - t0 < 30  # the 60 s task was stopped, not waited for
+    assert time.monotonic() - t0 < 90  # the 180 s task was stopped, not waited for
     assert "interrupted" in rest

@@ -202,7 +202,7 @@ def test_main_fails_after_the_wait_naming_the_missing_node(tmp_path: Path, capsy
     assert out["failed"] is True
     assert out["msg"] == f"Ray sees 1 of 2 nodes: {WORKER} missing after 2s"
     assert out["missing"] == [WORKER]
-    assert 2 <= out["polls"] <= 3
+    assert 1 <= out["polls"] <= 3  # one a second at most (one poll can take the 2 s on a loaded machine)
 
 
 def test_main_probe_does_not_fail(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

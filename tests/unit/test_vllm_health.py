@@ -141,7 +141,10 @@ def test_timeout_names_the_timeout(
     out = run_main({"url": server.url, "poll_interval": 1, "timeout": 2}, capsys)
     assert out["failed"] is True
     assert "answered 503: no 200 within 2s of its start (timeout)" in out["msg"]
-    assert 2 <= server.hits <= 4
+    # one poll a second at most; at least one (the unit tests run at nice 19 beside the e2e
+    # streams in `make test`, where one poll and its systemctl read can take the whole 2 s)
+    assert 1 <= server.hits <= 4
+    assert out["elapsed"] < 60
 
 
 @pytest.mark.parametrize("server", [-1], indirect=True)
@@ -152,7 +155,7 @@ def test_a_loading_vllm_keeps_its_deadline(
     fake_tools(tmp_path, monkeypatch, ["active 0"])
     out = run_main({"url": server.url, "poll_interval": 1, "timeout": 600, "already_waited": 598}, capsys)
     assert out["failed"] is True
-    assert out["elapsed"] < 10
+    assert out["elapsed"] < 60  # the 2 s left, not 600 s more (slack for a loaded machine)
     assert "no 200 within 600s of its start (timeout)" in out["msg"]
     assert 1 <= server.hits <= 4
 
