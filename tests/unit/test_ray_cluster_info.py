@@ -178,7 +178,7 @@ def test_main_waits_until_the_worker_joins(tmp_path: Path, capsys: pytest.Captur
             "address": f"{HEAD}:6379",
             "python_cmd": [str(py)],
             "expected_nodes": [HEAD, WORKER],
-            "wait_timeout": 30,
+            "wait_timeout": 300,
             "poll_interval": 1,
         },
         capsys,

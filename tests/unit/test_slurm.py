@@ -264,7 +264,7 @@ def test_a_job_that_dies_stops_the_wait_with_its_output_tail(
     assert result["failed"]
     assert result["msg"].startswith("SLURM job 7 ended before http://127.0.0.1:9/health answered")
     assert "reason: NonZeroExitCode" in result["msg"] and "/models/missing is not a model" in result["msg"]
-    assert len(result["output_tail"]) == 5 and result["waited"] < 10
+    assert len(result["output_tail"]) == 5 and result["waited"] < 60  # not a timeout
 
 
 def test_a_job_gone_from_the_queue_and_a_pending_timeout(

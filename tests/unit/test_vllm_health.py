@@ -89,7 +89,7 @@ def test_waits_through_loading_until_200(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake_tools(tmp_path, monkeypatch, ["activating 0", "active 0"])
-    out = run_main({"url": server.url, "poll_interval": 1, "timeout": 30}, capsys)
+    out = run_main({"url": server.url, "poll_interval": 1, "timeout": 300}, capsys)
     assert "failed" not in out, out
     assert out["status"] == 200
     assert server.hits == 3
