@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,3 +96,28 @@ def outsider(bed: tb.Testbed, name: str) -> Iterator[tuple[str, str]]:
         yield ips
     finally:
         podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def default_bed_serving(timeout: float = 10) -> tuple[str, str | None] | None:
+    """The local test bed's (mnv, the CLI's embedded default) base URL and API key when its head
+    answers /health with 200 now; None when it is not up or not serving (then a test runs `up`).
+
+    The modules on mnv run one after the other in one stream (test_up_default, then test_bench and
+    test_data_parallel): the later ones reuse what serves instead of converging the default again."""
+    from multinode_vllm.commands.bench import api_key_for, endpoint_via_mgmt, head_host, inventory_vars
+
+    inventory = PROJECT_DIR / "inventories" / "local"
+    if not (inventory / "hosts.yml").exists():  # written by `testbed up`, removed by `testbed down`
+        return None
+    try:
+        hv = inventory_vars(inventory, head_host(inventory_vars(inventory)))
+    except (subprocess.CalledProcessError, ValueError, RuntimeError):
+        return None
+    url = endpoint_via_mgmt(None, str(hv.get("ansible_host", "")))
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                return None
+    except OSError:
+        return None
+    return url, api_key_for(inventory, hv)

@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from e2e_beds import RECAP, cli_status
+from e2e_beds import RECAP, cli_status, default_bed_serving
 from engine_load import CHAT_BODY, every_engine_serves
 
 from multinode_vllm import PROJECT_DIR
+from multinode_vllm import testbed as tb
 from multinode_vllm.testbed.nodes import containers
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +55,10 @@ def stop_the_bed_after() -> Iterator[None]:
 
 
 def endpoint() -> tuple[str, str]:
-    """The head's base URL and the API key, as the CLI resolves them (the status JSON)."""
+    """The head's base URL and the API key: of what serves now (test_bench, just before, leaves the
+    default serving), else as `multinode-vllm up` brings the default up and resolves them."""
+    if default_bed_serving() is not None:
+        return serving_endpoint()
     proc = subprocess.run(
         [sys.executable, "-m", "multinode_vllm", "up", "--json"],  # reuses the running bed
         check=False,
@@ -74,13 +78,16 @@ def endpoint() -> tuple[str, str]:
 
 def serving_endpoint() -> tuple[str, str]:
     """The head's base URL and the API key of what serves now (no `up`: it would converge the default)."""
-    from multinode_vllm.commands.bench import api_key_for, endpoint_via_mgmt, head_host, inventory_vars
-
-    head = head_host(inventory_vars(INVENTORY))
-    hv = inventory_vars(INVENTORY, head)
-    key = api_key_for(INVENTORY, hv)
+    serving = default_bed_serving()
+    assert serving is not None, "the local test bed does not serve: see the test before this one"
+    url, key = serving
     assert key, "the local test bed serves with an API key"
-    return endpoint_via_mgmt(None, hv["ansible_host"]), key
+    return url, key
+
+
+def on_node(node: int, script: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """A shell command on node1 or node2 of mnv, through podman exec (no Ansible start-up to pay)."""
+    return tb.exec(TESTBED, node, ["sh", "-c", script], check=check)
 
 
 def chat(url: str, key: str) -> str:
@@ -96,12 +103,12 @@ def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callab
     proc = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(DP), timeout=1200)
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "every engine served" in proc.stdout, proc.stdout[-3000:]
-    unit = run_ansible("ansible", "-i", INVENTORY, "node1", "-m", "ansible.builtin.command", "-a", "systemctl cat vllm")
+    unit = on_node(1, "systemctl cat vllm")
     for flag in ('"--data-parallel-size" "2"', '"--data-parallel-size-local" "1"', '"--data-parallel-backend" "ray"'):
         assert flag in unit.stdout, unit.stdout[-3000:]
     assert "--headless" not in unit.stdout and "--nnodes" not in unit.stdout
     # the second engine is a Ray actor on the other node
-    ps = run_ansible("ansible", "-i", INVENTORY, "node2", "-m", "ansible.builtin.command", "-a", "ps -eo args")
+    ps = on_node(2, "ps -eo args")
     assert "EngineCoreActor" in ps.stdout, ps.stdout[-3000:]
 
     after = every_engine_serves(url, lambda: chat(url, key), label="ray dp2")
@@ -124,30 +131,25 @@ def test_ray_backend_serves_data_parallel_2_across_two_nodes(run_ansible: Callab
     assert set(changed.values()) == {0}, changed
 
 
-def unit_start(run_ansible: Callable[..., Any], node: str, unit: str) -> str:
+def unit_start(node: int, unit: str) -> str:
     """The unit's start timestamp (monotonic, µs): changes exactly when it (re)starts."""
-    proc = run_ansible(
-        "ansible", "-i", INVENTORY, node, "-m", "ansible.builtin.command",
-        "-a", f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-2000:]
-    return proc.stdout.strip().splitlines()[-1]
+    return on_node(node, f"systemctl show -p ExecMainStartTimestampMonotonic --value {unit}").stdout.strip()
 
 
 def test_tags_serve_with_data_parallel_restarts_vllm_only(run_ansible: Callable[..., Any]) -> None:
     """A serve setting changed and `--tags serve`: vLLM (both engines) restarts, Ray does not."""
     url, key = serving_endpoint()
-    ray = {(n, u): unit_start(run_ansible, n, u) for n, u in (("node1", "ray-head"), ("node2", "ray-worker"))}
-    vllm = unit_start(run_ansible, "node1", "vllm")
+    ray = {(n, u): unit_start(n, u) for n, u in ((1, "ray-head"), (2, "ray-worker"))}
+    vllm = unit_start(1, "vllm")
     change = {**DP, "vllm_serve_max_num_seqs": 3}
     proc = run_ansible(
         "ansible-playbook", "-i", INVENTORY, "site.yml", "--tags", "serve", "-e", json.dumps(change), timeout=1200
     )
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
     assert "every engine served" in proc.stdout, proc.stdout[-3000:]
-    assert unit_start(run_ansible, "node1", "vllm") != vllm
-    assert {k: unit_start(run_ansible, *k) for k in ray} == ray, "--tags serve restarted Ray"
-    unit = run_ansible("ansible", "-i", INVENTORY, "node1", "-m", "ansible.builtin.command", "-a", "systemctl cat vllm")
+    assert unit_start(1, "vllm") != vllm
+    assert {k: unit_start(*k) for k in ray} == ray, "--tags serve restarted Ray"
+    unit = on_node(1, "systemctl cat vllm")
     assert '"--max-num-seqs" "3"' in unit.stdout and '"--data-parallel-size" "2"' in unit.stdout
     every_engine_serves(url, lambda: chat(url, key), label="ray dp2 --tags serve")
 
@@ -156,11 +158,12 @@ def test_a_killed_engine_is_healed_by_one_rerun(run_ansible: Callable[..., Any])
     """SIGKILL of the second engine (its Ray actor on node2): one rerun of site.yml serves on both again."""
     url, key = serving_endpoint()
     change = {**DP, "vllm_serve_max_num_seqs": 3}  # the settings the previous test left
-    kill = run_ansible(
-        "ansible", "-i", INVENTORY, "node2", "-m", "ansible.builtin.shell",
-        "-a", "pids=$(ps -eo pid=,args= | awk '/EngineCoreActor/ && !/awk/ {print $1}'); "
-              "[ -n \"$pids\" ] && kill -9 $pids && echo killed $pids",
-    )  # fmt: skip
+    kill = on_node(
+        2,
+        "pids=$(ps -eo pid=,args= | awk '/EngineCoreActor/ && !/awk/ {print $1}'); "
+        '[ -n "$pids" ] && kill -9 $pids && echo killed $pids',
+        check=False,
+    )
     assert kill.returncode == 0 and "killed" in kill.stdout, kill.stdout[-2000:]
     rerun = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(change), timeout=1200)
     assert rerun.returncode == 0, rerun.stdout[-6000:] + rerun.stderr[-2000:]

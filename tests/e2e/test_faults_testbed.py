@@ -220,7 +220,8 @@ def begin(story: FaultStory, name: str) -> dict[str, Any]:
     RESULTS.append(rec)
     if "bring_up_s" not in RUN:
         pytest.fail("the cluster never served: see the bring-up test")
-    before = story.serving_problems()
+    # the previous fault's rerun ended with the same checks, and nothing ran since
+    before = [] if RUN.pop("serving_checked", False) else story.serving_problems()
     if before:
         say(f"{name}: not serving before the fault ({before}): one repair run first")
         proc, secs = story.converge(f"{name}: repair run")
@@ -238,6 +239,7 @@ def converged(story: FaultStory, rec: dict[str, Any], label: str = "rerun") -> s
     assert proc.returncode == 0, f"{rec['fault']}: the rerun failed:\n{proc.stdout[-5000:]}\n{proc.stderr[-2000:]}"
     problems = story.serving_problems()
     assert not problems, f"{rec['fault']}: not serving after the rerun: {problems}"
+    RUN["serving_checked"] = True  # begin() of the next fault need not check again
     return proc
 
 
@@ -256,6 +258,7 @@ def test_bring_the_cluster_to_serving(story: FaultStory) -> None:
     rc, status, secs = story.status()
     RUN["status_healthy_s"] = secs
     assert rc == 0 and status.get("healthy") is True and status.get("problems") == [], status
+    RUN["serving_checked"] = True
 
 
 def test_fault_1_worker_ray_killed_and_kept_down(story: FaultStory) -> None:
