@@ -56,29 +56,25 @@ def stop_the_bed_after() -> Iterator[None]:
 
 def endpoint() -> tuple[str, str]:
     """The head's base URL and the API key: of what serves now (test_bench, just before, leaves the
-    default serving), else as `multinode-vllm up` brings the default up and resolves them."""
-    if default_bed_serving() is not None:
-        return serving_endpoint()
-    proc = subprocess.run(
-        [sys.executable, "-m", "multinode_vllm", "up", "--json"],  # reuses the running bed
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        env={**os.environ, "CI": "true"},
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    from multinode_vllm.commands.bench import api_key_for, head_host, inventory_vars
-
-    head = head_host(inventory_vars(INVENTORY))
-    key = api_key_for(INVENTORY, inventory_vars(INVENTORY, head))
-    assert key, "the local test bed serves with an API key"
-    return json.loads(proc.stdout)["run"]["endpoint"].removesuffix("/v1"), key
-
-
-def serving_endpoint() -> tuple[str, str]:
-    """The head's base URL and the API key of what serves now (no `up`: it would converge the default)."""
+    default serving), else of what `multinode-vllm up` brings up."""
     serving = default_bed_serving()
+    if serving is None:
+        proc = subprocess.run(
+            [sys.executable, "-m", "multinode_vllm", "up", "--json"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=1800,
+            env={**os.environ, "CI": "true"},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return serving_endpoint(serving)
+
+
+def serving_endpoint(serving: tuple[str, str | None] | None = None) -> tuple[str, str]:
+    """The head's base URL and the API key of what serves now (no `up`: it would converge the
+    default); ``serving``: what default_bed_serving() just returned, when the caller has it."""
+    serving = serving or default_bed_serving()
     assert serving is not None, "the local test bed does not serve: see the test before this one"
     url, key = serving
     assert key, "the local test bed serves with an API key"
