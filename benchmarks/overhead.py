@@ -565,19 +565,23 @@ def wait_ray_nodes(d: Deployment, count: int, timeout: float) -> None:
     from multinode_vllm.module_utils import _ray  # noqa: PLC0415
 
     python = str(Path(d.ray).parent / "python")
-    query = " ".join(shlex.quote(a) for a in _ray.build_query_argv([python], d.ray_address, 30))
+    # The head unit's env file first: with Ray token auth it names the token file, and a client
+    # without it is refused (the product's ray_cluster_info gets the same env).
+    env_file = d.head_cmd[1]
+    source = f"set -a; . {shlex.quote(env_file)}; set +a; " if env_file else ""
+    query = source + " ".join(shlex.quote(a) for a in _ray.build_query_argv([python], d.ray_address, 30))
     deadline = time.monotonic() + timeout
-    seen = 0
+    seen, why = 0, ""
     while time.monotonic() < deadline:
         try:
             out = sh(d.hv, d.head, query, timeout=60, check=False)
             seen = _ray.summarize(_ray.parse_nodes_output(out))["alive_count"]
-        except (_ray.RayQueryError, ValueError, subprocess.TimeoutExpired):
-            seen = 0
+        except (_ray.RayQueryError, ValueError, subprocess.TimeoutExpired) as exc:
+            seen, why = 0, f" (last query: {str(exc)[:300]})"
         if seen >= count:
             return
         time.sleep(1)
-    raise SystemExit(f"overhead: Ray on {d.head} sees {seen} of {count} nodes after {timeout:.0f} s")
+    raise SystemExit(f"overhead: Ray on {d.head} sees {seen} of {count} nodes after {timeout:.0f} s{why}")
 
 
 def start_units(d: Deployment, timeout: float) -> float:

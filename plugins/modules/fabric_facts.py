@@ -50,6 +50,10 @@ options:
     description: Root of sysfs, where link speeds are read.
     type: path
     default: /sys
+  procfs_root:
+    description: Root of procfs, where the ephemeral port range is read (the cluster firewall protects it).
+    type: path
+    default: /proc
 """
 
 EXAMPLES = r"""
@@ -74,7 +78,8 @@ ansible_facts:
     multinode_fabric:
       description: >-
         control_interface, control_ip, control_prefix, control_subnet, data_interfaces,
-        nccl_socket_ifname, gloo_socket_ifname, vllm_host_ip, layout, source and interfaces.
+        nccl_socket_ifname, gloo_socket_ifname, vllm_host_ip, layout, source, interfaces, and
+        ip_local_port_range (the text of net.ipv4.ip_local_port_range, empty when unreadable).
       type: dict
       returned: always
       sample:
@@ -83,6 +88,7 @@ ansible_facts:
         control_subnet: 10.10.0.0/24
         nccl_socket_ifname: bond0
         layout: bond0
+        ip_local_port_range: "32768\t60999"
 """
 
 import json
@@ -129,6 +135,7 @@ def main():
             prefer_vpc=dict(type="bool", default=False),
             ip_binary=dict(type="path", default="ip"),
             sysfs_root=dict(type="path", default="/sys"),
+            procfs_root=dict(type="path", default="/proc"),
         ),
         supports_check_mode=True,
     )
@@ -147,6 +154,11 @@ def main():
         )
     except FabricError as exc:
         module.fail_json(msg=str(exc))
+    try:
+        with open(os.path.join(module.params["procfs_root"], "sys", "net", "ipv4", "ip_local_port_range")) as handle:
+            fabric["ip_local_port_range"] = handle.read().strip()
+    except OSError:
+        fabric["ip_local_port_range"] = ""
     module.exit_json(changed=False, ansible_facts={"multinode_fabric": fabric})
 
 

@@ -39,6 +39,12 @@ options:
       - Driver version the node must run, for example C(550.127.05); a prefix on a dot boundary
         such as C(550) (the branch) or C(550.127) also matches.
     type: str
+  missing_ok:
+    description:
+      - When this interpreter cannot import pynvml, return C(pynvml_missing=true) (and the import
+        error's last line) instead of failing, so that the caller installs the bindings and reads again.
+    type: bool
+    default: false
 requirements:
   - nvidia-ml-py (the C(pynvml) module) on the managed node
   - the NVIDIA driver (C(libnvidia-ml.so.1)) on the managed node
@@ -94,6 +100,14 @@ errors:
   returned: always
   type: list
   elements: str
+pynvml_missing:
+  description: The interpreter cannot import pynvml (with O(missing_ok); no facts then).
+  returned: when pynvml is missing and O(missing_ok)
+  type: bool
+import_error:
+  description: The last line of the import error (with O(missing_ok)).
+  returned: when pynvml is missing and O(missing_ok)
+  type: str
 msg:
   description: What NVML sees, or the problems joined.
   returned: always
@@ -126,9 +140,13 @@ def main():
             expected_gpu_count=dict(type="int"),
             require_nvlink=dict(type="bool", default=False),
             expected_driver_version=dict(type="str"),
+            missing_ok=dict(type="bool", default=False),
         ),
         supports_check_mode=True,
     )
+    if pynvml is None and module.params["missing_ok"]:
+        last = (PYNVML_IMPORT_ERROR or "").strip().splitlines()[-1:]
+        module.exit_json(changed=False, pynvml_missing=True, import_error=last[0] if last else "", errors=[])
     if pynvml is None:
         module.fail_json(msg=missing_required_lib("nvidia-ml-py"), exception=PYNVML_IMPORT_ERROR, errors=[])
 

@@ -33,13 +33,23 @@ options:
     type: str
     required: true
   env:
-    description: Content of the environment file (mode 0600). May hold secrets; never logged or diffed.
+    description:
+      - Content of the unit's second file, mode 0600. That is its environment file, or another file it
+        reads (alias O(config), for example a ruleset the unit loads). May hold secrets; never logged or diffed.
     type: str
     required: true
+    aliases: [config]
   env_path:
-    description: Where the environment file goes.
+    description: Where that file goes.
     type: path
     required: true
+    aliases: [config_path]
+  validate:
+    description:
+      - A command run on the new environment file before it replaces the old one, C(%s) standing for
+        a temporary copy (for example C(nft -c -f %s) for a ruleset the unit loads). When it fails,
+        nothing is written or restarted and the call fails with its output.
+    type: str
   restart:
     description: Restart the unit even when nothing changed (a member it depends on restarted).
     type: bool
@@ -83,6 +93,7 @@ files_changed:
 """
 
 import os
+import shlex
 import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
@@ -143,13 +154,39 @@ def write(module, path, content, mode):
     return changed
 
 
+def validate(module, command, path, content):
+    """Run COMMAND (%s: a temporary copy of CONTENT beside PATH); fail the call when it fails."""
+    directory = os.path.dirname(path)
+    if not os.path.isdir(directory):
+        directory = None
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s.check." % os.path.basename(path))
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, (content if content.endswith("\n") else content + "\n").encode("utf-8"))
+        os.close(fd)
+        argv = [tmp if arg == "%s" else arg.replace("%s", tmp) for arg in shlex.split(command)]
+        rc, out, err = module.run_command(argv, check_rc=False)
+    finally:
+        os.unlink(tmp)
+    if rc != 0:
+        module.fail_json(
+            msg="%s refused the new %s (rc=%s), nothing changed: %s"
+            % (command, path, rc, ((err or "") + (out or "")).strip().replace(tmp, path)),
+            action="none",
+            restarted=False,
+            reasons=[],
+            files_changed=[],
+        )
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
             name=dict(type="str", required=True),
             unit=dict(type="str", required=True),
-            env=dict(type="str", required=True, no_log=True),
-            env_path=dict(type="path", required=True),
+            env=dict(type="str", required=True, no_log=True, aliases=["config"]),
+            env_path=dict(type="path", required=True, aliases=["config_path"]),
+            validate=dict(type="str"),
             restart=dict(type="bool", default=False),
             restart_reason=dict(type="str", default="asked to restart"),
         ),
@@ -164,6 +201,8 @@ def main():
 
     old_unit = read(unit_file)
     old_env = read(p["env_path"])
+    if p["validate"]:
+        validate(module, p["validate"], p["env_path"], p["env"])
     unit_changed = write(module, unit_file, p["unit"], 0o644)
     env_changed = write(module, p["env_path"], p["env"], 0o600)
     files_changed = [f for f, c in ((unit_file, unit_changed), (p["env_path"], env_changed)) if c]

@@ -56,6 +56,29 @@ options:
     description: Lines of the log returned (and shown) when the wait fails.
     type: int
     default: 30
+  model:
+    description:
+      - After /health answers 200, C(GET URL/v1/models) must list this model id; empty skips the check.
+    type: str
+    default: ""
+  chat_prompt:
+    description:
+      - After the model check, C(POST URL/v1/chat/completions) with this user message (greedy,
+        at least one token) must return text; empty skips it. Needs O(model).
+    type: str
+    default: ""
+  chat_max_tokens:
+    description: C(max_tokens) of the chat completion.
+    type: int
+    default: 16
+  chat_timeout:
+    description: Seconds for the chat completion.
+    type: int
+    default: 120
+  api_key:
+    description: Bearer token for C(/v1/models) and the chat completion (vLLM's C(--api-key)); empty sends none.
+    type: str
+    default: ""
 author: multinode.vllm developers (@multinode)
 """
 
@@ -65,6 +88,13 @@ EXAMPLES = r"""
     url: "http://10.0.0.11:8000"
     runtime: docker
     timeout: 1800
+
+- name: Wait for /health, then check the model list and a real completion in the same call
+  multinode.vllm.vllm_health:
+    url: "http://10.0.0.11:8000"
+    model: tiny-llama
+    chat_prompt: Say hello in one short sentence.
+    api_key: "{{ vault_api_key }}"
 """
 
 RETURN = r"""
@@ -84,6 +114,15 @@ state:
   description: The process state last read (systemd ActiveState, or the container's status).
   type: str
   returned: always
+models:
+  description: The model ids /v1/models lists (with O(model)).
+  type: list
+  elements: str
+  returned: success
+answer:
+  description: The text of the chat completion (with O(chat_prompt)).
+  type: str
+  returned: success
 log_tail:
   description: The last lines of the log, when the wait failed.
   type: list
@@ -91,6 +130,7 @@ log_tail:
   returned: failure
 """
 
+import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -103,6 +143,67 @@ def health(url):
         return int(resp.getcode())
     except Exception as exc:  # HTTPError carries a code; connection errors do not
         return int(getattr(exc, "code", -1) or -1)
+
+
+def api_call(url, path, api_key, body=None, timeout=30):
+    """(HTTP status, decoded JSON or None, error text) of one OpenAI API call."""
+    headers = {"Content-Type": "application/json"}
+    if api_key:
+        headers["Authorization"] = "Bearer %s" % api_key
+    data = json.dumps(body) if body is not None else None
+    try:
+        resp = open_url(
+            url.rstrip("/") + path,
+            method="POST" if body is not None else "GET",
+            data=data,
+            headers=headers,
+            timeout=timeout,
+            validate_certs=False,
+        )
+        text = resp.read()
+        status = int(resp.getcode())
+    except Exception as exc:  # HTTPError carries a code and a body; connection errors neither
+        status = int(getattr(exc, "code", -1) or -1)
+        reader = getattr(exc, "read", None)
+        text = reader() if callable(reader) else b""
+        if status < 0:
+            return status, None, str(exc)
+    try:
+        return status, json.loads(text), ""
+    except ValueError:
+        return status, None, (text or b"")[:300].decode("utf-8", "replace")
+
+
+def served_problem(url, model, chat_prompt, chat_max_tokens, chat_timeout, api_key):
+    """('', models, answer) when /v1/models lists MODEL and a chat completion has text, else (why, ...)."""
+    status, doc, err = api_call(url, "/v1/models", api_key)
+    if status != 200 or not isinstance(doc, dict):
+        return "GET %s/v1/models answered %s: %s" % (url, status if status > 0 else "nothing", err or doc), [], ""
+    models = [m.get("id") for m in doc.get("data") or [] if isinstance(m, dict)]
+    if model not in models:
+        return "/v1/models lists %s, not %s" % (models, model), models, ""
+    if not chat_prompt:
+        return "", models, ""
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": chat_prompt}],
+        "max_tokens": chat_max_tokens,
+        "min_tokens": 1,
+        "temperature": 0,
+    }
+    status, doc, err = api_call(url, "/v1/chat/completions", api_key, body, chat_timeout)
+    try:
+        answer = doc["choices"][0]["message"]["content"] or ""
+    except (KeyError, IndexError, TypeError):
+        answer = ""
+    if status != 200 or not answer:
+        return (
+            "the chat completion returned no text (HTTP %s): %s"
+            % (status if status > 0 else "nothing", err or json.dumps(doc)[:500]),
+            models,
+            "",
+        )
+    return "", models, answer
 
 
 def process_state(module, runtime, name):
@@ -159,10 +260,17 @@ def main():
             max_restarts=dict(type="int", default=2),
             already_waited=dict(type="int", default=0),
             log_lines=dict(type="int", default=30),
+            model=dict(type="str", default=""),
+            chat_prompt=dict(type="str", default=""),
+            chat_max_tokens=dict(type="int", default=16, no_log=False),
+            chat_timeout=dict(type="int", default=120),
+            api_key=dict(type="str", default="", no_log=True),
         ),
         supports_check_mode=True,
     )
     p = module.params
+    if p["chat_prompt"] and not p["model"]:
+        module.fail_json(msg="chat_prompt needs model: the chat completion names the served model")
     started = time.monotonic()
     deadline = started + max(p["timeout"] - max(p["already_waited"], 0), p["poll_interval"], 1)
     _state, baseline = process_state(module, p["runtime"], p["name"])
@@ -181,8 +289,15 @@ def main():
     result = dict(
         changed=False, status=status, elapsed=round(time.monotonic() - started, 1), restarts=restarts, state=state
     )
-    if status == 200:
+    if status == 200 and not p["model"]:
         module.exit_json(**result)
+    if status == 200:
+        problem, result["models"], result["answer"] = served_problem(
+            p["url"], p["model"], p["chat_prompt"], p["chat_max_tokens"], p["chat_timeout"], p["api_key"]
+        )
+        if not problem:
+            module.exit_json(**result)
+        module.fail_json(msg="vLLM at %s answers /health, but %s" % (p["url"], problem), **result)
     tail = log_tail(module, p["runtime"], p["name"], p["log_lines"])
     if not reason:
         reason = "no 200 within %ss of its start (timeout)" % p["timeout"]

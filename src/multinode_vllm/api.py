@@ -31,7 +31,7 @@ import ansible_runner
 from multinode_vllm import PROJECT_DIR
 
 #: The phases of site.yml, in order; a play belongs to the first phase its name mentions.
-PHASES = ("validate", "prepare", "preflight", "model", "cluster", "serve", "bench", "status", "teardown")
+PHASES = ("validate", "prepare", "preflight", "model", "cluster", "serve", "dynamo", "bench", "status", "teardown")
 
 #: Keys the serve phase may export with ``ansible.builtin.set_stats`` for the endpoint URL.
 ENDPOINT_KEYS = ("multinode_endpoint", "vllm_serve_endpoint", "endpoint")

@@ -205,6 +205,7 @@ def test_phase_times_from_play_starts() -> None:
         ("Preflight: stop if the fabric is wrong", "preflight"),
         ("Bench the endpoint", "bench"),
         ("Teardown", "teardown"),
+        ("Dynamo plane - etcd and NATS on the head", "dynamo"),
         ("Something else", "Something else"),
     ],
 )

@@ -143,13 +143,31 @@ def test_fabric_main_droplet_with_speed(tmp_path: Path, capsys: pytest.CaptureFi
     speed.write_text("100000\n")
     out = run_module(
         fabric_facts,
-        {"ip_binary": fake_ip(tmp_path, DROPLET, DEFAULT), "sysfs_root": str(tmp_path / "sys")},
+        {
+            "ip_binary": fake_ip(tmp_path, DROPLET, DEFAULT),
+            "sysfs_root": str(tmp_path / "sys"),
+            "procfs_root": str(tmp_path / "proc"),
+        },
         capsys,
     )
     fabric = out["ansible_facts"]["multinode_fabric"]
     assert fabric["control_interface"] == "eth2"
     assert fabric["interfaces"]["eth2"]["speed_mbps"] == 100000
     assert out["changed"] is False
+    assert fabric["ip_local_port_range"] == ""  # no such file under the fixture's /proc
+
+
+def test_fabric_main_reads_the_ephemeral_port_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the cluster firewall protects this range; read here, it costs the firewall no round trip
+    rng = tmp_path / "proc" / "sys" / "net" / "ipv4" / "ip_local_port_range"
+    rng.parent.mkdir(parents=True)
+    rng.write_text("40000\t50999\n")
+    out = run_module(
+        fabric_facts,
+        {"ip_binary": fake_ip(tmp_path, DROPLET, DEFAULT), "procfs_root": str(tmp_path / "proc")},
+        capsys,
+    )
+    assert out["ansible_facts"]["multinode_fabric"]["ip_local_port_range"] == "40000\t50999"
 
 
 def test_fabric_main_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

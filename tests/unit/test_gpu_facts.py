@@ -278,6 +278,31 @@ def test_main_without_pynvml_asks_for_nvidia_ml_py(
     assert "nvidia-ml-py" in res["msg"]
 
 
+def test_main_without_pynvml_and_missing_ok_says_so_without_failing(
+    node: Callable[..., dict], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the preflight role tries gpu_facts first and installs the bindings only on this answer
+    node()
+    monkeypatch.setattr(gpu_facts, "pynvml", None)
+    monkeypatch.setattr(
+        gpu_facts, "PYNVML_IMPORT_ERROR", "Traceback ...\nModuleNotFoundError: No module named 'pynvml'\n"
+    )
+    res = run_main({"missing_ok": True}, capsys)
+    assert res.get("failed") is not True, res
+    assert res["pynvml_missing"] is True
+    assert res["import_error"] == "ModuleNotFoundError: No module named 'pynvml'"
+    assert "ansible_facts" not in res
+
+
+def test_missing_ok_changes_nothing_when_pynvml_is_there(
+    node: Callable[..., dict], capsys: pytest.CaptureFixture[str]
+) -> None:
+    node(gpu_count=4)
+    res = run_main({"missing_ok": True, "expected_gpu_count": 8}, capsys)
+    assert res["failed"] is True and "NVML sees 4 GPUs, expected 8" in res["msg"]
+    assert "pynvml_missing" not in res
+
+
 # --- fresh processes: no library at all, and ansible itself ----------------------------------
 
 

@@ -420,3 +420,29 @@ def test_hand_vllm_is_stopped_by_the_pid_the_node_kept(tmp_path: Path, monkeypat
     assert not state.exists() or state.read_text().split()[2] == "Z"
     assert not (tmp_path / "vllm.pid").exists()
     assert ran[-1] == "/bin/true stop --force"  # Ray stopped on the worker too
+
+
+def test_ray_gate_query_sources_the_head_env_file(monkeypatch: pytest.MonkeyPatch) -> None:
+    # with Ray token auth a client without the head's env is refused: the query must carry it
+    ran: list[str] = []
+    nodes = [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {"GPU": 1.0}}] * 2
+    out = "MNV_RAY_NODES " + json.dumps(nodes)
+
+    def fake_sh(hv: Any, host: str, command: str, **kw: Any) -> str:
+        ran.append(command)
+        return out
+
+    monkeypatch.setattr(overhead, "sh", fake_sh)
+    head_cmd = (["/v/bin/ray", "start", "--head", "--port=6379"], "/etc/multinode-vllm/ray-head.env")
+    d = overhead.Deployment("node1", ("node2",), {"node1": {}, "node2": {}}, head_cmd, {}, ([], None), Endpoint("x"))
+    overhead.wait_ray_nodes(d, 2, 5)
+    assert ran and ran[0].startswith("set -a; . /etc/multinode-vllm/ray-head.env; set +a; timeout ")
+    assert "/v/bin/python" in ran[0]
+
+
+def test_ray_gate_timeout_says_what_the_query_answered(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overhead, "sh", lambda *a, **k: "InvalidAuthToken: Authentication token is missing")
+    monkeypatch.setattr(overhead.time, "sleep", lambda s: None)
+    d = overhead.Deployment("node1", (), {"node1": {}}, (["/v/bin/ray"], None), {}, ([], None), Endpoint("x"))
+    with pytest.raises(SystemExit, match=r"sees 0 of 1 nodes after 0 s \(last query: no node list"):
+        overhead.wait_ray_nodes(d, 1, 0.2)

@@ -165,3 +165,113 @@ def test_nothing_listening_reads_as_nothing(capsys: pytest.CaptureFixture[str]) 
     assert out["failed"] is True
     assert out["status"] == -1
     assert "answered nothing" in out["msg"]
+
+
+class ApiServer:
+    """/health 200; /v1/models lists `models`; the chat answers `answer`; both need `key` when set."""
+
+    def __init__(self, models: list[str], answer: str, key: str = "") -> None:
+        self.requests: list[tuple[str, str, dict[str, Any] | None]] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def reply(self, code: int, doc: dict[str, Any]) -> None:
+                body = json.dumps(doc).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def authorized(self) -> bool:
+                if key and self.headers.get("Authorization") != f"Bearer {key}":
+                    self.reply(401, {"error": "Unauthorized"})
+                    return False
+                return True
+
+            def do_GET(self) -> None:
+                outer.requests.append(("GET", self.path, None))
+                if self.path == "/health":
+                    self.send_response(200)
+                    self.end_headers()
+                elif self.authorized():
+                    self.reply(200, {"object": "list", "data": [{"id": m, "object": "model"} for m in models]})
+
+            def do_POST(self) -> None:
+                doc = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.requests.append(("POST", self.path, doc))
+                if self.authorized():
+                    self.reply(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]})
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def api(request: pytest.FixtureRequest) -> Iterator[ApiServer]:
+    srv = ApiServer(*request.param)
+    yield srv
+    srv.httpd.shutdown()
+
+
+SERVED = {"runtime": "none", "poll_interval": 1, "timeout": 30, "model": "tiny-llama", "chat_prompt": "Say hello."}
+
+
+@pytest.mark.parametrize("api", [(["tiny-llama"], "Hello there!", "k3y")], indirect=True)
+def test_models_and_a_chat_completion_in_the_same_call(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({**SERVED, "url": api.url, "api_key": "k3y", "chat_max_tokens": 8}, capsys)
+    assert "failed" not in out, out
+    assert out["models"] == ["tiny-llama"]
+    assert out["answer"] == "Hello there!"
+    calls = [r[:2] for r in api.requests]
+    assert calls == [("GET", "/health"), ("GET", "/v1/models"), ("POST", "/v1/chat/completions")]
+    body = api.requests[2][2]
+    assert body == {
+        "model": "tiny-llama",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+        "min_tokens": 1,
+        "temperature": 0,
+    }
+    assert "k3y" not in json.dumps(out)  # no_log: the key is masked in what the module returns
+
+
+@pytest.mark.parametrize("api", [(["other-model"], "Hello", "")], indirect=True)
+def test_a_model_not_listed_fails_before_the_chat(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({**SERVED, "url": api.url}, capsys)
+    assert out["failed"] is True
+    assert "answers /health, but /v1/models lists ['other-model'], not tiny-llama" in out["msg"]
+    assert [r[1] for r in api.requests] == ["/health", "/v1/models"]
+
+
+@pytest.mark.parametrize("api", [(["tiny-llama"], "", "")], indirect=True)
+def test_an_empty_completion_fails(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({**SERVED, "url": api.url}, capsys)
+    assert out["failed"] is True
+    assert "the chat completion returned no text (HTTP 200)" in out["msg"]
+
+
+@pytest.mark.parametrize("api", [(["tiny-llama"], "Hello", "right-key")], indirect=True)
+def test_a_wrong_key_names_the_refusal(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({**SERVED, "url": api.url, "api_key": "wrong-key"}, capsys)
+    assert out["failed"] is True
+    assert "/v1/models answered 401" in out["msg"]
+    assert "Unauthorized" in out["msg"]
+
+
+@pytest.mark.parametrize("api", [(["tiny-llama"], "Hello", "")], indirect=True)
+def test_models_only_without_a_prompt(api: ApiServer, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({**SERVED, "url": api.url, "chat_prompt": ""}, capsys)
+    assert "failed" not in out, out
+    assert out["models"] == ["tiny-llama"] and out["answer"] == ""
+    assert [r[1] for r in api.requests] == ["/health", "/v1/models"]
+
+
+def test_a_prompt_needs_the_model(capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({"url": "http://127.0.0.1:9", "chat_prompt": "hi"}, capsys)
+    assert out["failed"] is True
+    assert out["msg"] == "chat_prompt needs model: the chat completion names the served model"
