@@ -135,7 +135,6 @@ def select_fabric(
         "data_interfaces": data,
         "nccl_socket_ifname": ",".join(data),
         "gloo_socket_ifname": control,
-        "vllm_host_ip": chosen["address"],
         "interfaces": {
             name: {k: v for k, v in i.items() if k in ("operstate", "up", "mtu", "ipv4", "speed_mbps", "master")}
             for name, i in interfaces.items()

@@ -78,7 +78,7 @@ ansible_facts:
     multinode_fabric:
       description: >-
         control_interface, control_ip, control_prefix, control_subnet, data_interfaces,
-        nccl_socket_ifname, gloo_socket_ifname, vllm_host_ip, layout, source, interfaces, and
+        nccl_socket_ifname, gloo_socket_ifname, layout, source, interfaces, and
         ip_local_port_range (the text of net.ipv4.ip_local_port_range, empty when unreadable).
       type: dict
       returned: always

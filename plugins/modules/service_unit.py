@@ -48,7 +48,8 @@ options:
     description:
       - A command run on the new environment file before it replaces the old one, C(%s) standing for
         a temporary copy (for example C(nft -c -f %s) for a ruleset the unit loads). When it fails,
-        nothing is written or restarted and the call fails with its output.
+        nothing is written or restarted and the call fails with its output. Run only when the
+        content differs from the file on the node.
     type: str
   restart:
     description: Restart the unit even when nothing changed (a member it depends on restarted).
@@ -201,7 +202,8 @@ def main():
 
     old_unit = read(unit_file)
     old_env = read(p["env_path"])
-    if p["validate"]:
+    new_env = p["env"] if p["env"].endswith("\n") else p["env"] + "\n"
+    if p["validate"] and old_env != new_env.encode("utf-8"):
         validate(module, p["validate"], p["env_path"], p["env"])
     unit_changed = write(module, unit_file, p["unit"], 0o644)
     env_changed = write(module, p["env_path"], p["env"], 0o600)

@@ -135,6 +135,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.urls import open_url
+from ansible_collections.multinode.vllm.plugins.module_utils._openai import answer_text, api_call, chat_body
 
 
 def health(url):
@@ -143,35 +144,6 @@ def health(url):
         return int(resp.getcode())
     except Exception as exc:  # HTTPError carries a code; connection errors do not
         return int(getattr(exc, "code", -1) or -1)
-
-
-def api_call(url, path, api_key, body=None, timeout=30):
-    """(HTTP status, decoded JSON or None, error text) of one OpenAI API call."""
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = "Bearer %s" % api_key
-    data = json.dumps(body) if body is not None else None
-    try:
-        resp = open_url(
-            url.rstrip("/") + path,
-            method="POST" if body is not None else "GET",
-            data=data,
-            headers=headers,
-            timeout=timeout,
-            validate_certs=False,
-        )
-        text = resp.read()
-        status = int(resp.getcode())
-    except Exception as exc:  # HTTPError carries a code and a body; connection errors neither
-        status = int(getattr(exc, "code", -1) or -1)
-        reader = getattr(exc, "read", None)
-        text = reader() if callable(reader) else b""
-        if status < 0:
-            return status, None, str(exc)
-    try:
-        return status, json.loads(text), ""
-    except ValueError:
-        return status, None, (text or b"")[:300].decode("utf-8", "replace")
 
 
 def served_problem(url, model, chat_prompt, chat_max_tokens, chat_timeout, api_key):
@@ -184,18 +156,10 @@ def served_problem(url, model, chat_prompt, chat_max_tokens, chat_timeout, api_k
         return "/v1/models lists %s, not %s" % (models, model), models, ""
     if not chat_prompt:
         return "", models, ""
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": chat_prompt}],
-        "max_tokens": chat_max_tokens,
-        "min_tokens": 1,
-        "temperature": 0,
-    }
-    status, doc, err = api_call(url, "/v1/chat/completions", api_key, body, chat_timeout)
-    try:
-        answer = doc["choices"][0]["message"]["content"] or ""
-    except (KeyError, IndexError, TypeError):
-        answer = ""
+    status, doc, err = api_call(
+        url, "/v1/chat/completions", api_key, chat_body(model, chat_prompt, chat_max_tokens), chat_timeout
+    )
+    answer = answer_text(doc)
     if status != 200 or not answer:
         return (
             "the chat completion returned no text (HTTP %s): %s"

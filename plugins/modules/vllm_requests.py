@@ -83,35 +83,15 @@ import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
+from ansible_collections.multinode.vllm.plugins.module_utils._openai import answer_text, api_call, chat_body
 
 
 def chat(url, model, api_key, prompt, max_tokens, timeout):
     """'' when the completion answered with text, else why not."""
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = "Bearer " + api_key
-    body = {
-        "model": model,
-        "messages": [{"role": "user", "content": prompt}],
-        "max_tokens": max_tokens,
-        "min_tokens": 1,
-        "temperature": 0,
-    }
-    try:
-        resp = open_url(
-            url.rstrip("/") + "/v1/chat/completions",
-            method="POST",
-            data=json.dumps(body),
-            headers=headers,
-            timeout=timeout,
-            validate_certs=False,
-        )
-        doc = json.loads(resp.read())
-    except Exception as exc:  # HTTPError carries a code; connection errors and bad JSON do not
-        return "%s: %s" % (getattr(exc, "code", "no answer"), str(exc)[:200])
-    text = ((doc.get("choices") or [{}])[0].get("message") or {}).get("content") or ""
-    return "" if text else "200 without text"
+    status, doc, err = api_call(url, "/v1/chat/completions", api_key, chat_body(model, prompt, max_tokens), timeout)
+    if status != 200:
+        return "%s: %s" % (status if status > 0 else "no answer", (err or json.dumps(doc))[:200])
+    return "" if answer_text(doc) else "200 without text"
 
 
 def send_all(count, send):

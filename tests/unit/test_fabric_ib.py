@@ -75,7 +75,7 @@ def test_baremetal_bond0() -> None:
 
 def test_droplet_eth2_and_rails() -> None:
     f = choose(DROPLET)
-    assert (f["layout"], f["control_interface"], f["vllm_host_ip"]) == ("droplet", "eth2", "192.168.2.5")
+    assert (f["layout"], f["control_interface"], f["control_ip"]) == ("droplet", "eth2", "192.168.2.5")
     assert f["nccl_socket_ifname"] == "eth2,eth3,eth4,eth5,eth6,eth7,eth8,eth9"
     assert "eth0" not in f["data_interfaces"]
 

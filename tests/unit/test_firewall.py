@@ -37,7 +37,6 @@ def fabric(ip: str, rail: str) -> dict[str, Any]:
     return {
         "control_interface": "bond0",
         "control_ip": ip,
-        "vllm_host_ip": ip,
         "nccl_socket_ifname": "bond0,eth2",
         "gloo_socket_ifname": "bond0",
         "data_interfaces": ["bond0", "eth2"],

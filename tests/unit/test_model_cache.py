@@ -279,7 +279,7 @@ PLAYBOOK = """\
     - name: Set the facts preflight would gather
       fake_facts:
         facts:
-          multinode_fabric: {{vllm_host_ip: 192.0.2.11, nccl_socket_ifname: lo, gloo_socket_ifname: lo}}
+          multinode_fabric: {{control_ip: 192.0.2.11, nccl_socket_ifname: lo, gloo_socket_ifname: lo}}
           multinode_gpu: {{count: 1}}
           multinode_ib: {{present: false}}
 - name: Model phase

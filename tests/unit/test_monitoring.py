@@ -152,7 +152,7 @@ def render(tmp_path: Path, **extra: Any) -> Any:
     out.mkdir()
 
     def host(ip: str) -> dict[str, Any]:
-        return {"node_facts": {"multinode_fabric": {"vllm_host_ip": ip}}}
+        return {"node_facts": {"multinode_fabric": {"control_ip": ip}}}
 
     inv = {
         "all": {

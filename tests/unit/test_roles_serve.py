@@ -103,7 +103,6 @@ def facts(ip: str, ib: bool) -> dict[str, Any]:
         "multinode_fabric": {
             "control_interface": "bond0",
             "control_ip": ip,
-            "vllm_host_ip": ip,
             "nccl_socket_ifname": "bond0",
             "gloo_socket_ifname": "bond0",
             "data_interfaces": [],

@@ -84,3 +84,9 @@ def test_an_accepted_ruleset_is_written_and_the_unit_started(node: Path, capsys:
     assert (node / "etc" / "fw.nft").stat().st_mode & 0o777 == 0o600
     calls = (node / "calls").read_text().splitlines()
     assert calls.index("systemctl start fw.service") > calls.index(next(c for c in calls if c.startswith("fake-nft")))
+
+
+def test_an_unchanged_ruleset_is_not_validated_again(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (node / "etc" / "fw.nft").write_text("table inet fw {\n}\n")
+    run_main(args(node, "table inet fw {\n}"), capsys)
+    assert "fake-nft" not in (node / "calls").read_text()
