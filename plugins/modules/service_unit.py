@@ -129,9 +129,14 @@ def unit_state(module, name):
     return systemd_state(blocks[0] if blocks else {})
 
 
+def with_newline(content):
+    """The file's text as written: CONTENT ending in one newline."""
+    return content if content.endswith("\n") else content + "\n"
+
+
 def write(module, path, content, mode):
     """Write content atomically with root:root and mode; True when the file changed."""
-    data = content if content.endswith("\n") else content + "\n"
+    data = with_newline(content)
     data = data.encode("utf-8")
     changed = read(path) != data
     if changed and not module.check_mode:
@@ -163,7 +168,7 @@ def validate(module, command, path, content):
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".%s.check." % os.path.basename(path))
     try:
         os.fchmod(fd, 0o600)
-        os.write(fd, (content if content.endswith("\n") else content + "\n").encode("utf-8"))
+        os.write(fd, with_newline(content).encode("utf-8"))
         os.close(fd)
         argv = [tmp if arg == "%s" else arg.replace("%s", tmp) for arg in shlex.split(command)]
         rc, out, err = module.run_command(argv, check_rc=False)
@@ -202,8 +207,7 @@ def main():
 
     old_unit = read(unit_file)
     old_env = read(p["env_path"])
-    new_env = p["env"] if p["env"].endswith("\n") else p["env"] + "\n"
-    if p["validate"] and old_env != new_env.encode("utf-8"):
+    if p["validate"] and old_env != with_newline(p["env"]).encode("utf-8"):
         validate(module, p["validate"], p["env_path"], p["env"])
     unit_changed = write(module, unit_file, p["unit"], 0o644)
     env_changed = write(module, p["env_path"], p["env"], 0o600)
@@ -256,13 +260,13 @@ def main():
         files_changed=files_changed,
     )
     if module._diff:
-        env_new = p["env"] if p["env"].endswith("\n") else p["env"] + "\n"
+        env_new = with_newline(p["env"])
         result["diff"] = [
             dict(
                 before_header=unit_file,
                 after_header=unit_file,
                 before=(old_unit or b"").decode("utf-8", "replace"),
-                after=p["unit"] if p["unit"].endswith("\n") else p["unit"] + "\n",
+                after=with_newline(p["unit"]),
             ),
             dict(
                 before_header=p["env_path"],

@@ -134,16 +134,12 @@ import json
 import time
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.urls import open_url
 from ansible_collections.multinode.vllm.plugins.module_utils._openai import answer_text, api_call, chat_body
 
 
 def health(url):
-    try:
-        resp = open_url(url.rstrip("/") + "/health", method="GET", timeout=10, validate_certs=False)
-        return int(resp.getcode())
-    except Exception as exc:  # HTTPError carries a code; connection errors do not
-        return int(getattr(exc, "code", -1) or -1)
+    """The HTTP status of GET URL/health, -1 when nothing answered."""
+    return api_call(url, "/health", "", timeout=10)[0]
 
 
 def served_problem(url, model, chat_prompt, chat_max_tokens, chat_timeout, api_key):
