@@ -136,7 +136,7 @@ def check_value(rule: dict[str, Any], value: Any) -> str | None:
         choices = list(rule.get("choices") or [])
         if isinstance(value, str) and value in choices:
             return None
-        return "one of " + ", ".join(str(c) for c in choices)
+        return "one of " + ", ".join(str(c) if c != "" else '"" (empty)' for c in choices)
     if kind == "subset":
         choices = list(rule.get("choices") or [])
         if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v in choices for v in value):

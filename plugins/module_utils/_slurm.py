@@ -54,6 +54,9 @@ def _is_int(value: Any) -> bool:
     return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())
 
 
+_BOOL_WORDS = ("true", "false", "yes", "no", "on", "off", "1", "0")
+
+
 def option_problems(opts: Mapping[str, Any]) -> list[str]:
     """One sentence per bad slurm_* option: the variable, its value, what is valid."""
     problems: list[str] = []
@@ -61,9 +64,36 @@ def option_problems(opts: Mapping[str, Any]) -> list[str]:
     def bad(var: str, want: str) -> None:
         problems.append(f"{var}={opts.get(var)!r}: {want}")
 
-    for var in ("slurm_nodes", "slurm_gpus_per_node", "slurm_submit_timeout", "slurm_health_timeout"):
+    for var in (
+        "slurm_nodes",
+        "slurm_gpus_per_node",
+        "slurm_submit_timeout",
+        "slurm_health_timeout",
+        "slurm_ray_timeout",
+        "slurm_poll_interval",
+        "slurm_output_lines",
+        "slurm_teardown_timeout",
+        "slurm_kill_wait",
+    ):
         if var in opts and (not _is_int(opts[var]) or int(opts[var]) < 1):
             bad(var, "use a whole number of at least 1 (no quotes)")
+    for var in ("slurm_exclusive", "slurm_ignore_capacity"):
+        if var in opts and not isinstance(opts[var], bool) and str(opts[var]).lower() not in _BOOL_WORDS:
+            bad(var, "use true or false")
+    if "slurm_memory_fraction" in opts:
+        try:
+            fraction = float(opts["slurm_memory_fraction"])
+        except (TypeError, ValueError):
+            fraction = float("nan")
+        if isinstance(opts["slurm_memory_fraction"], bool) or not 0 < fraction <= 1:
+            bad("slurm_memory_fraction", "use a number above 0 and at most 1, e.g. 0.95 (of what slurmd -C reports)")
+    dp = opts.get("vllm_serve_data_parallel_size")
+    if dp not in (None, "", 1, "1"):
+        problems.append(
+            f"vllm_serve_data_parallel_size={dp!r}: the SLURM job serves one replica (TP x PP over the job's GPUs); "
+            "data parallel runs on the hosts path. Fix: remove vllm_serve_data_parallel_size from the SLURM "
+            "inventory (or set it to 1), or submit one job per replica with its own slurm_job_name and port"
+        )
     for var in ("slurm_partition", "slurm_job_name"):
         if var in opts and not (isinstance(opts[var], str) and NAME_RE.match(opts[var])):
             bad(var, "use a name of letters, digits and _ . + - (no spaces)")

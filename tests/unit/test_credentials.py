@@ -102,7 +102,63 @@ def test_the_cli_reads_the_key_from_the_same_source(tmp_path: Path, monkeypatch:
     assert api_key_for(inv, {"multinode_api_key": "literal"}) == "literal"
     assert api_key_for(inv, {"multinode_api_open": True}) is None
     with pytest.raises(UsageError, match="export MULTINODE_API_KEY"):
-        api_key_for(inv, {"multinode_api_key": "{{ vault_multinode_api_key }}"})
+        api_key_for(inv, {"multinode_api_key": "{{ vault_multinode_api_key }}"})  # no head to ask Ansible for
     assert api_key_for(tmp_path / "nowhere", {}) is None  # nothing generated yet: no key to send
     monkeypatch.setenv("MULTINODE_API_KEY", "from-env")
     assert api_key_for(inv, {"multinode_api_key": "{{ vault_multinode_api_key }}"}) == "from-env"
+
+
+def test_the_cli_reads_a_vaulted_key_through_ansible(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key from the vault (a template naming a vaulted variable, or an inline !vault string): the CLI
+    asks Ansible with the vault password file, as the playbooks do; without it, it says what to give."""
+    from multinode_vllm.commands.bench import _endpoint_from_inventory, api_key_for
+    from multinode_vllm.progress import UsageError
+
+    monkeypatch.delenv("MULTINODE_API_KEY", raising=False)
+    bin_dir = Path(sys.executable).parent
+    pw = tmp_path / "vault-pass"
+    pw.write_text("correct horse\n")
+    inv = tmp_path / "inv"
+    (inv / "group_vars" / "all").mkdir(parents=True)
+    (inv / "hosts.yml").write_text(
+        "all:\n  children:\n    vllm_cluster:\n      children:\n        ray_head:\n"
+        "          hosts:\n            node1: {ansible_host: 10.9.0.11, multinode_vllm_port: 8123}\n"
+    )
+    (inv / "group_vars" / "all" / "serve.yml").write_text('multinode_api_key: "{{ vault_multinode_api_key }}"\n')
+    vault = inv / "group_vars" / "all" / "vault.yml"
+    vault.write_text("vault_multinode_api_key: 'vaulted-key-123'\n")
+    subprocess.run(
+        [str(bin_dir / "ansible-vault"), "encrypt", "--vault-password-file", str(pw), str(vault)],
+        check=True,
+        capture_output=True,
+    )
+    assert "vaulted-key-123" not in vault.read_text()
+
+    ep = _endpoint_from_inventory(inv, None, str(pw))
+    assert (ep.base_url, ep.api_key) == ("http://10.9.0.11:8123", "vaulted-key-123")
+    with pytest.raises(UsageError, match="Fix: give --vault-password-file FILE"):
+        _endpoint_from_inventory(inv, None)  # ansible-inventory itself cannot read the vaulted file
+    wrong = tmp_path / "wrong-pass"
+    wrong.write_text("wrong\n")
+    with pytest.raises(UsageError, match=r"ansible-inventory .* failed: .*[Dd]ecrypt"):
+        _endpoint_from_inventory(inv, None, str(wrong))
+
+    # an inline !vault string, as ansible-inventory lists it
+    inline = subprocess.run(
+        [
+            str(bin_dir / "ansible-vault"),
+            "encrypt_string",
+            "--vault-password-file",
+            str(pw),
+            "inline-key-456",
+            "--name",
+            "multinode_api_key",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    vault.unlink()
+    (inv / "group_vars" / "all" / "serve.yml").write_text(inline)
+    hv = {"multinode_api_key": {"__ansible_vault": "$ANSIBLE_VAULT;1.1;AES256\n..."}}
+    assert api_key_for(inv, hv, head="node1", vault_password_file=str(pw)) == "inline-key-456"

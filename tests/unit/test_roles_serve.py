@@ -301,3 +301,31 @@ def test_model_revision_and_load_strategy_reach_vllm_serve(tmp_path: Path) -> No
     r = render(tmp_path / "b", multinode_runtime="native", multinode_model="/models/llama")
     assert "--revision" not in r["node1"]["vllm_args"]
     assert "--safetensors-load-strategy" not in r["node1"]["vllm_args"]
+
+
+BENCH_URL_PLAYBOOK = """\
+- hosts: node1
+  gather_facts: false
+  connection: local
+  vars_files:
+{vars_files}
+  tasks:
+    - ansible.builtin.copy:
+        content: "{{{{ _vllm_bench_base_url }}}}"
+        dest: "{out}"
+      delegate_to: localhost
+"""
+
+
+@pytest.mark.parametrize(("port", "url"), [(None, "http://127.0.0.1:8000"), (8123, "http://127.0.0.1:8123")])
+def test_the_bench_phase_calls_the_port_the_serve_phase_serves_on(tmp_path: Path, port: int | None, url: str) -> None:
+    """vllm_bench_port follows multinode_vllm_port (one source for the endpoint), 8000 when unset."""
+    hostvars: dict[str, Any] = {"ansible_python_interpreter": sys.executable}
+    if port is not None:
+        hostvars["multinode_vllm_port"] = port
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": {"node1": hostvars}}}))
+    out = tmp_path / "url.txt"
+    (tmp_path / "pb.yml").write_text(BENCH_URL_PLAYBOOK.format(vars_files=role_vars_files("vllm_bench"), out=out))
+    proc = ansible_playbook("-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml"), timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert out.read_text() == url

@@ -72,6 +72,14 @@ def test_the_role_defaults_pass_the_option_checks() -> None:
         ("slurm_extra_directives", ["mem=0"], "starting with --"),
         ("slurm_qos", "high prio", "letters"),
         ("slurm_submit_timeout", True, "whole number"),
+        ("slurm_ray_timeout", "5m", "whole number"),
+        ("slurm_poll_interval", 0, "at least 1"),
+        ("slurm_output_lines", -3, "at least 1"),
+        ("slurm_teardown_timeout", 1.5, "whole number"),
+        ("slurm_exclusive", "maybe", "true or false"),
+        ("slurm_memory_fraction", 1.5, "at most 1"),
+        ("slurm_memory_fraction", "nan", "above 0"),
+        ("vllm_serve_data_parallel_size", 2, "one replica"),
     ],
 )
 def test_a_bad_option_is_named_with_its_value_and_the_fix(var: str, value: Any, words: str) -> None:
@@ -403,3 +411,32 @@ def test_the_job_gets_the_ray_token_file_never_the_token(
     else:
         assert not token_file.exists() and "RAY_AUTH_TOKEN_PATH" not in script
         assert ("export RAY_AUTH_MODE=disabled" in script) == (exported == "disabled")
+
+
+def test_the_inventory_environment_reaches_the_job_through_the_secrets_file(tmp_path: Path) -> None:
+    """multinode_node_env and vllm_serve_extra_env may hold tokens: their values go to the 0600 file the
+    script sources (after its own exports, so they may override HF_HOME), never to the script's text."""
+    rc, out = slurm_play(
+        tmp_path,
+        multinode_node_env={"WANDB_API_KEY": "wandb-s3cret", "HF_HOME": "/scratch/hf"},
+        vllm_serve_extra_env={"VLLM_LOGGING_LEVEL": "DEBUG"},
+    )
+    assert rc != 0 and "squeue" in out  # written, then stopped at the queue (no SLURM here)
+    work = tmp_path / "work"
+    script = (work / "multinode-vllm.sbatch").read_text()
+    secrets = work / "multinode-vllm.secrets"
+    assert "wandb-s3cret" not in script and "wandb-s3cret" not in out and "DEBUG" not in script
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    lines = secrets.read_text().splitlines()
+    assert "WANDB_API_KEY=wandb-s3cret" in lines and "VLLM_LOGGING_LEVEL=DEBUG" in lines
+    assert "HF_HOME=/scratch/hf" in lines
+    # sourced after the script's own exports: the inventory's HF_HOME wins, as on the hosts path
+    assert script.index("export HF_HOME=") < script.index(f". {secrets}")
+
+
+def test_data_parallel_is_refused_on_slurm_not_ignored(tmp_path: Path) -> None:
+    rc, out = slurm_play(tmp_path, vllm_serve_data_parallel_size=2)
+    assert rc != 0
+    assert "vllm_serve_data_parallel_size=2: the SLURM job serves one replica" in out, out[-3000:]
+    assert "Fix: remove vllm_serve_data_parallel_size" in out
+    assert not (tmp_path / "work").exists()

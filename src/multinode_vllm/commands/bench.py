@@ -52,13 +52,31 @@ class Endpoint:
     model: str | None = None
 
 
-def inventory_vars(inventory: str | Path, host: str | None = None) -> dict[str, Any]:
-    """`ansible-inventory --list` (or one host's vars) as a dict, with the repo's ansible.cfg."""
+def inventory_vars(
+    inventory: str | Path, host: str | None = None, vault_password_file: str | None = None
+) -> dict[str, Any]:
+    """`ansible-inventory --list` (or one host's vars) as a dict, with the repo's ansible.cfg.
+
+    A vaulted file in the inventory needs the vault password file (the vault strings stay encrypted
+    in the listing); without it, UsageError says what to give.
+    """
     exe = Path(sys.executable).parent / "ansible-inventory"
     cmd = [str(exe if exe.exists() else "ansible-inventory"), "-i", str(inventory)]
     cmd += ["--host", host] if host else ["--list"]
+    if vault_password_file:
+        cmd += ["--vault-password-file", str(vault_password_file)]
     env = {**os.environ, "ANSIBLE_CONFIG": str(PROJECT_DIR / "ansible.cfg")}
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=PROJECT_DIR, env=env)
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, cwd=PROJECT_DIR, env=env, stdin=subprocess.DEVNULL, check=False
+    )
+    if out.returncode != 0:
+        err = " ".join(out.stderr.split())[-400:]
+        hint = (
+            " Fix: give --vault-password-file FILE."
+            if not vault_password_file and re.search(r"vault", out.stderr, re.I)
+            else ""
+        )
+        raise UsageError(f"ansible-inventory -i {inventory} failed: {err}.{hint}")
     data: dict[str, Any] = json.loads(out.stdout)
     return data
 
@@ -488,35 +506,101 @@ def concurrency_list(text: str) -> list[int]:
 
 
 # ------------------------------------------------------------------------------ the command
-def _endpoint_from_inventory(inventory: str | Path, endpoint_url: str | None) -> Endpoint:
-    listing = inventory_vars(inventory)
+def _endpoint_from_inventory(
+    inventory: str | Path, endpoint_url: str | None, vault_password_file: str | None = None
+) -> Endpoint:
+    listing = inventory_vars(inventory, vault_password_file=vault_password_file)
     head = head_host(listing)
-    hv = (listing.get("_meta") or {}).get("hostvars", {}).get(head) or inventory_vars(inventory, head)
+    hv = (listing.get("_meta") or {}).get("hostvars", {}).get(head) or inventory_vars(
+        inventory, head, vault_password_file
+    )
     mgmt = str(hv.get("ansible_host") or head)
     port = int(hv.get("multinode_vllm_port") or hv.get("vllm_serve_port") or 8000)
-    return Endpoint(base_url=endpoint_via_mgmt(endpoint_url, mgmt, port), api_key=api_key_for(inventory, hv))
+    key = api_key_for(inventory, hv, head=head, vault_password_file=vault_password_file)
+    return Endpoint(base_url=endpoint_via_mgmt(endpoint_url, mgmt, port), api_key=key)
 
 
-def api_key_for(inventory: str | Path, hv: Mapping[str, Any]) -> str | None:
+def _needs_ansible(value: Any) -> bool:
+    """A value ansible-inventory leaves unresolved: a template, or an inline !vault string."""
+    return (isinstance(value, dict) and "__ansible_vault" in value) or "{{" in str(value)
+
+
+def resolve_with_ansible(
+    inventory: str | Path, host: str, var: str, vault_password_file: str | None = None, timeout: float = 120
+) -> str:
+    """The value of `var` for `host` as a play would see it: templated, the vault decrypted.
+
+    One `ansible HOST -m debug` on the controller (the debug action never connects to the host); its
+    JSON goes through a pipe to this process, never to a terminal or a log file.
+    """
+    exe = Path(sys.executable).parent / "ansible"
+    cmd = [str(exe if exe.exists() else "ansible"), host, "-i", str(inventory)]
+    cmd += ["-m", "ansible.builtin.debug", "-a", f"msg={{{{ {var} }}}}"]
+    if vault_password_file:
+        cmd += ["--vault-password-file", str(vault_password_file)]
+    env = {k: v for k, v in os.environ.items() if k != "ANSIBLE_LOG_PATH"}
+    env.update(
+        ANSIBLE_CONFIG=str(PROJECT_DIR / "ansible.cfg"),
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.json",
+        ANSIBLE_NOCOLOR="1",
+    )
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_DIR,
+        env=env,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    result: dict[str, Any] = {}
+    try:
+        plays = json.loads(proc.stdout).get("plays") or [{}]
+        result = ((plays[0].get("tasks") or [{}])[0].get("hosts") or {}).get(host) or {}
+    except (ValueError, AttributeError, IndexError):
+        result = {}
+    value = result.get("msg")
+    if proc.returncode != 0 or result.get("failed") or not isinstance(value, str):
+        why = str(result.get("msg") or "") if result.get("failed") else ""
+        why = why or next((ln for ln in proc.stderr.splitlines() if "ERROR" in ln), "") or proc.stderr.strip()[-300:]
+        hint = "" if vault_password_file else "give --vault-password-file FILE, or "
+        raise UsageError(
+            f"{var} of {host} could not be read through Ansible ({why.strip() or 'no answer'}): "
+            f"{hint}export MULTINODE_API_KEY with the key, then run it again"
+        )
+    return value
+
+
+def api_key_for(
+    inventory: str | Path,
+    hv: Mapping[str, Any],
+    *,
+    head: str | None = None,
+    vault_password_file: str | None = None,
+) -> str | None:
     """The key the endpoint wants, from the source the serve phase uses (multinode.vllm.api_key).
 
-    MULTINODE_API_KEY wins; then multinode_api_key as the inventory writes it; then the key
-    generated into the credentials dir (multinode_credentials_dir, default <inventory dir>/.credentials);
-    None when the API is open. A key written as a template (a vault variable) is not readable
-    here: the message says to export MULTINODE_API_KEY.
+    MULTINODE_API_KEY wins; then multinode_api_key as the inventory writes it, a template or a
+    vault string resolved through Ansible for `head` (with the vault password file given); then the
+    key generated into the credentials dir (multinode_credentials_dir, default <inventory
+    dir>/.credentials); None when the API is open.
     """
     if os.environ.get("MULTINODE_API_KEY"):
         return os.environ["MULTINODE_API_KEY"]
     if str(hv.get("multinode_api_open", "")).lower() in ("true", "yes", "on", "1"):
         return None
-    given = hv.get("multinode_api_key") or hv.get("vllm_bench_api_key")
-    if given and "{{" not in str(given):
+    var = "multinode_api_key" if hv.get("multinode_api_key") else "vllm_bench_api_key"
+    given = hv.get(var)
+    if given and not _needs_ansible(given):
         return str(given)
     if given:
-        raise UsageError(
-            "multinode_api_key is a template (a vault variable?) that this command cannot read: "
-            "export MULTINODE_API_KEY with the key, then run it again"
-        )
+        if head is None:
+            raise UsageError(f"{var} is a template or a vault string: export MULTINODE_API_KEY with the key")
+        resolved = resolve_with_ansible(inventory, head, var, vault_password_file)
+        if resolved:
+            return resolved
     inv = Path(inventory)
     configured = str(hv.get("multinode_credentials_dir") or "")
     if configured and "{{" not in configured:
@@ -566,7 +650,7 @@ def _cmd(args: argparse.Namespace) -> int:
             doc["bench"] = report(result_json, json_out, Path(args.plot) if args.plot else None)
         if args.streams:
             inv = args.inventory or str(PROJECT_DIR / "inventories" / "local")
-            ep = _endpoint_from_inventory(inv, None)
+            ep = _endpoint_from_inventory(inv, None, getattr(args, "vault_password_file", None))
             st = asyncio.run(stream_load(ep, n=args.streams, max_tokens=args.stream_tokens))
             doc["streams"] = st.summary()
             if not json_out:

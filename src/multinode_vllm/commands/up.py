@@ -72,9 +72,11 @@ def prepare_testbed(name: str, nodes: int, quiet: bool) -> dict[str, Any]:
     return {"venv": str(venv), "model": str(model), "timings": timings}
 
 
-def smoke(inventory: str | Path, endpoint_url: str | None, quiet: bool) -> dict[str, Any]:
+def smoke(
+    inventory: str | Path, endpoint_url: str | None, quiet: bool, vault_password_file: str | None = None
+) -> dict[str, Any]:
     """The endpoint on the head's management address and one answer from the model."""
-    ep = _endpoint_from_inventory(inventory, endpoint_url)
+    ep = _endpoint_from_inventory(inventory, endpoint_url, vault_password_file)
     t = time.monotonic()
     answer = chat_once(Endpoint(ep.base_url, ep.api_key), SMOKE_PROMPT, max_tokens=24)
     return {"endpoint": f"{ep.base_url}/v1", "answer": answer, "latency_s": round(time.monotonic() - t, 3)}
@@ -107,7 +109,12 @@ def _cmd(args: argparse.Namespace) -> int:
         return code
     if not args.no_smoke:
         try:
-            doc["smoke"] = smoke(options.inventory or LOCAL_INVENTORY, result.endpoint if result else None, json_out)
+            doc["smoke"] = smoke(
+                options.inventory or LOCAL_INVENTORY,
+                result.endpoint if result else None,
+                json_out,
+                str(options.vault_password_file) if options.vault_password_file else None,
+            )
         except (urllib.error.URLError, OSError, KeyError, ValueError) as err:
             print(f"up: the cluster ran but the endpoint did not answer: {err}", file=sys.stderr)
             code = EXIT_FAILED
