@@ -205,6 +205,13 @@ def _same_machine(inv: Inv) -> None:
 
 
 V, N, P = "validate", "validate nodes", "preflight"
+# The dynamo stack's own requirements (native units, an open frontend, no key): what is left wrong is the case's.
+DYNAMO_OK = {
+    "multinode_stack": "dynamo",
+    "multinode_runtime": "native",
+    "multinode_api_open": True,
+    "multinode_api_key": "",
+}
 CASES: list[Case] = [
     # --- inventory shape ---
     _c(
@@ -1101,6 +1108,33 @@ CASES: list[Case] = [
         "set multinode_docker_image once",
         lambda i: i.host("node2", multinode_docker_image="vllm/vllm-openai:v0.16.0"),
         more=("vllm/vllm-openai:v0.16.0 on node2",),
+    ),
+    _c(
+        "dynamo-worker-does-not-fit",
+        "the dynamo stack with one worker per node of TP 8: 405B in bf16 does not fit 8 GPUs of one node",
+        V,
+        "Dynamo worker does not fit",
+        "dynamo_serve_tensor_parallel_size",
+        "a quantized checkpoint",
+        lambda i: i.set(**DYNAMO_OK, dynamo_serve_tensor_parallel_size=8),
+        more=("one replica on 8 GPUs of one node", "does not fit"),
+    ),
+    _c(
+        "dynamo-decode-tp-splits-no-heads",
+        "a disaggregated decode group whose TP does not divide the attention heads",
+        V,
+        "planner's objection to a Dynamo",
+        "dynamo_serve_decode_tensor_parallel_size",
+        "change dynamo_serve_decode_tensor_parallel_size",
+        lambda i: i.set(
+            **DYNAMO_OK,
+            dynamo_serve_layout="disaggregated",
+            dynamo_serve_prefill_hosts=["node2"],
+            dynamo_serve_decode_hosts=["node1"],
+            dynamo_serve_decode_tensor_parallel_size=3,
+            dynamo_serve_prefill_tensor_parallel_size=8,
+        ),
+        more=("does not divide num_attention_heads=128",),
     ),
     # --- GPUs and the plan ---
     _c(

@@ -6,7 +6,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-# The filters are documented beside this file: dynamo_layout_problems.yml, dynamo_worker_plan.yml,
+# The filters are documented beside this file: dynamo_layout_problems.yml, dynamo_worker_groups.yml,
+# dynamo_worker_plan.yml,
 # dynamo_worker_argv.yml, dynamo_frontend_argv.yml, dynamo_runtime_env.yml, dynamo_etcd_range_body.yml,
 # dynamo_registrations.yml, dynamo_stale_units.yml, dynamo_node_units.yml, dynamo_status_problems.yml.
 
@@ -25,6 +26,12 @@ def dynamo_layout_problems(cfg, hosts, gpus_per_node=None):
     if not isinstance(cfg, dict):
         raise AnsibleFilterError("dynamo_layout_problems: give a dict of variable -> value")
     return _dynamo.layout_problems(cfg, list(hosts or []), gpus_per_node)
+
+
+def dynamo_worker_groups(cfg):
+    if not isinstance(cfg, dict):
+        raise AnsibleFilterError("dynamo_worker_groups: give a dict of variable -> value")
+    return _dynamo.worker_groups(cfg)
 
 
 def dynamo_worker_plan(cfg, hosts):
@@ -80,6 +87,7 @@ class FilterModule:
     def filters(self):
         return {
             "dynamo_layout_problems": dynamo_layout_problems,
+            "dynamo_worker_groups": dynamo_worker_groups,
             "dynamo_worker_plan": dynamo_worker_plan,
             "dynamo_worker_argv": dynamo_worker_argv,
             "dynamo_frontend_argv": dynamo_frontend_argv,

@@ -173,6 +173,27 @@ def layout_problems(cfg: Mapping[str, Any], hosts: Sequence[str], gpus_per_node:
     return problems
 
 
+def worker_groups(cfg: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The worker groups of the layout, each with the variable of its TP: what the planner sizes.
+
+    aggregated: ``[{"group": "agg", "var": "dynamo_serve_tensor_parallel_size", "tp": N}]``;
+    disaggregated: the prefill and the decode group (a group without hosts is left out). Every
+    worker of a group is one replica of the model on ``tp`` GPUs of one node.
+    """
+    if cfg.get("dynamo_serve_layout") == "disaggregated":
+        pairs = [
+            ("prefill", "dynamo_serve_prefill_hosts", "dynamo_serve_prefill_tensor_parallel_size"),
+            ("decode", "dynamo_serve_decode_hosts", "dynamo_serve_decode_tensor_parallel_size"),
+        ]
+        return [
+            {"group": group, "var": var, "tp": _int(cfg.get(var)) or 1}
+            for group, hosts_var, var in pairs
+            if _hosts(cfg.get(hosts_var))
+        ]
+    var = "dynamo_serve_tensor_parallel_size"
+    return [{"group": "agg", "var": var, "tp": _int(cfg.get(var)) or 1}]
+
+
 def worker_plan(cfg: Mapping[str, Any], hosts: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
     """host -> the workers it runs: ``{"unit", "mode", "tp", "devices"}`` (devices: the
     CUDA_VISIBLE_DEVICES of the worker, GPUs handed out in order on each node).

@@ -212,6 +212,8 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     assert etcd_workers(bed) == sorted([("backend", n1), ("prefill", n2)])
     healed = status(ansible_env, bed, "status (healed)", DISAGG)
     assert healed["problems"] == [] and healed["missing"] == [], healed
+    recap, _ = play(run_ansible, bed, "playbooks/dynamo.yml", phase="rerun (disaggregated)", extra=DISAGG)
+    assert set(recap.values()) == {0}, recap
 
     # the seed's load: 100 parallel streaming chat requests through the frontend; the prefill worker
     # on node2 serves its part of each (its log counts completed requests)
@@ -235,10 +237,16 @@ def test_dynamo_serves_aggregated_then_disaggregated(
 
     # the firewall: an outsider reaches the API port only; node2 (a member) reaches etcd and NATS
     t0 = time.monotonic()
-    outside = from_outsider(bed, [(n1, 8000), (n1, 2379), (n1, 4222), (n1, 8222)])
+    # (9400: each worker's system port, multinode_dynamo_system_port + its index on the node)
+    outside = from_outsider(bed, [(n1, 8000), (n1, 2379), (n1, 4222), (n1, 8222), (n1, 9400), (n2, 9400)])
     PHASES["firewall probe"] = round(time.monotonic() - t0, 1)
     print(f"[dynamo firewall] from the outsider: {outside}")
-    assert outside == {f"{n1}:8000": "open", f"{n1}:2379": "timeout", f"{n1}:4222": "timeout", f"{n1}:8222": "timeout"}
+    closed = ("2379", "4222", "8222", "9400")
+    assert outside == {
+        f"{n1}:8000": "open",
+        **{f"{n1}:{port}": "timeout" for port in closed},
+        f"{n2}:9400": "timeout",
+    }
     member = sh(bed, 2, f"curl -s -m 3 http://{n1}:2379/health; curl -s -m 3 http://{n1}:8222/healthz")
     assert '"health":"true"' in member and '"status":"ok"' in member, member
 

@@ -264,6 +264,9 @@ def test_monitoring_scrapes_every_engine_ray_and_node_exporter(story: Story) -> 
         time.sleep(2)
     assert [r["metric"]["engine"] for r in finished] == ["0"], finished
     assert [r["metric"]["engine"] for r in prometheus_query(story, "multinode_vllm:kv_cache_usage")] == ["0"]
+    # the running-requests figure of `status`, one series per engine (this bed serves one: PP 2, DP 1)
+    running = prometheus_query(story, "multinode_vllm:requests_running")
+    assert [r["metric"]["engine"] for r in running] == ["0"] and running[0]["value"][1] == "0", running
     assert prometheus_query(story, "multinode_vllm:ray_nodes_up")[0]["value"][1] == "2"
     assert prometheus_query(story, "multinode_vllm:nodes_up")[0]["value"][1] == "2"
     ray_series = prometheus_query(story, 'count({job="ray"})')

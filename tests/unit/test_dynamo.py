@@ -513,3 +513,47 @@ def test_the_dynamo_image_bakes_etcd_and_nats() -> None:
 
     assert image.packages(image.DYNAMO_IMAGE)[-2:] == ("etcd-server", "nats-server")
     assert image.recipe_hash(image.DYNAMO_IMAGE) != image.recipe_hash(image.IMAGE)
+
+
+def test_worker_groups_are_what_the_planner_sizes() -> None:
+    """Each group's TP variable and value: validate plans one worker of each on one node."""
+    groups = FilterModule().filters()["dynamo_worker_groups"]
+    assert groups({"dynamo_serve_tensor_parallel_size": 4}) == [
+        {"group": "agg", "var": "dynamo_serve_tensor_parallel_size", "tp": 4}
+    ]
+    disagg = {
+        "dynamo_serve_layout": "disaggregated",
+        "dynamo_serve_prefill_hosts": ["node2"],
+        "dynamo_serve_decode_hosts": ["node1"],
+        "dynamo_serve_prefill_tensor_parallel_size": 8,
+        "dynamo_serve_decode_tensor_parallel_size": "2",
+    }
+    assert groups(disagg) == [
+        {"group": "prefill", "var": "dynamo_serve_prefill_tensor_parallel_size", "tp": 8},
+        {"group": "decode", "var": "dynamo_serve_decode_tensor_parallel_size", "tp": 2},
+    ]
+    # a group without hosts has no worker to plan
+    assert [g["group"] for g in groups({**disagg, "dynamo_serve_prefill_hosts": []})] == ["decode"]
+    with pytest.raises(AnsibleFilterError, match="give a dict"):
+        groups(["not", "a", "mapping"])
+
+
+def test_validate_plans_every_dynamo_worker_group(tmp_path: Path) -> None:
+    """inventories/dynamo (405B FP8, TP 8 per worker) passes with a plan per group; a decode group of TP 4
+    does not fit and stops with the numbers and the variable."""
+    from ansible_run import ansible_playbook
+
+    ok = ansible_playbook("-i", "inventories/dynamo", "playbooks/validate.yml", "--tags", "validate", timeout=120)
+    out = " ".join(ok.stdout.split())
+    assert ok.returncode == 0, out[-3000:]
+    assert "Dynamo prefill worker: TP 8 on one node" in out and "Dynamo decode worker: TP 8 on one node" in out
+    bad = ansible_playbook(
+        *("-i", "inventories/dynamo", "playbooks/validate.yml", "--tags", "validate"),
+        *("-e", "dynamo_serve_decode_tensor_parallel_size=4"),
+        timeout=120,
+    )
+    out = " ".join(bad.stdout.split())
+    assert bad.returncode != 0
+    want = "The Dynamo decode worker (dynamo_serve_decode_tensor_parallel_size=4, one replica on 4 GPUs"
+    assert want in out, out[-3000:]
+    assert "Fix: raise dynamo_serve_decode_tensor_parallel_size (up to validate_gpus_per_node=8)" in out

@@ -242,3 +242,18 @@ def test_escape_hatch_goes_on_past_a_shape_the_cluster_cannot_run(tmp_path: Path
     rc, out = run_validate(tmp_path, inv)
     assert rc == 0, out[-3000:]
     assert "validate_ignore_plan=true: going on without a plan" in out
+
+
+def test_validate_warns_of_an_open_api_and_of_a_misspelt_variable(tmp_path: Path) -> None:
+    """Legitimate input that deserves a word: the run goes on, with a WARNING naming the variable."""
+    rc, out = run_validate(tmp_path, inventory(["node1"], ["node2"], multinode_api_open=True, vllm_serve_max_num_seq=4))
+    assert rc == 0, out[-3000:]
+    assert (
+        "WARNING: multinode_api_open is true on node1, node2: vLLM serves WITHOUT an API key, and anyone who "
+        "reaches port 8000 can use it." in out
+    ), out[-3000:]
+    assert "WARNING: no role of multinode.vllm reads vllm_serve_max_num_seq (on node1, node2; did you mean " in out
+    assert "vllm_serve_max_num_seqs?" in out
+    # without them: neither warning
+    rc, out = run_validate(tmp_path, inventory(["node1"], ["node2"]))
+    assert rc == 0 and "WARNING: multinode_api_open" not in out and "no role of multinode.vllm reads" not in out
