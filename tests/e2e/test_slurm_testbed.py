@@ -82,8 +82,10 @@ def test_slurm_job_serves_both_backends_idempotently(
     assert sh(bed, 2, "systemctl is-enabled slurmd; systemctl is-enabled slurmctld").split() == ["enabled", "disabled"]
     assert sh(bed, 2, "stat -c '%U %a' /etc/munge/munge.key").strip() == "munge 400"
 
-    # ray backend: PP 2 across node2 and node3
-    _, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="submit (ray)")
+    # ray backend: PP 2 across node2 and node3; submitted by site.yml, as on every path (validate checks
+    # the login host's variables, the node phases find no cluster hosts, the slurm phase submits)
+    _, out = play(run_ansible, bed, "site.yml", phase="submit (ray, site.yml)")
+    assert "SLURM inventory: the variables of node1 (slurm_login) are checked here" in " ".join(out.split())
     ray_job, how, nodes, backend = job_of(out)
     assert (how, nodes, backend) == ("submitted", "node[2-3]", "ray")
     log = output(bed, ray_job)
@@ -133,7 +135,8 @@ def test_slurm_job_serves_both_backends_idempotently(
     assert second
     assert "backend mp" in output(bed, mp_job)
 
-    _, out = play(run_ansible, bed, "playbooks/slurm_status.yml", phase="status", extra={"multinode_backend": "mp"})
+    # status through the command every path uses (playbooks/status.yml imports slurm_status.yml)
+    _, out = play(run_ansible, bed, "playbooks/status.yml", phase="status", extra={"multinode_backend": "mp"})
     flat = " ".join(out.split())
     assert f"job_id: '{mp_job}'" in flat and "state: RUNNING" in flat and "healthy: true" in flat, out[-3000:]
 
@@ -176,7 +179,7 @@ def test_slurm_job_serves_both_backends_idempotently(
     )
     assert after_death < 60
 
-    play(run_ansible, bed, "playbooks/slurm_teardown.yml", phase="teardown")
+    play(run_ansible, bed, "playbooks/teardown.yml", phase="teardown")  # imports slurm_teardown.yml
     assert sh(bed, 1, "squeue -h").strip() == ""
     states = set(sh(bed, 1, "sinfo -h -N -o %T").split())
     # free: idle, or "planned" (an idle node the backfill scheduler had set aside for the pending job

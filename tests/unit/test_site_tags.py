@@ -16,7 +16,7 @@ from multinode_vllm import PROJECT_DIR
 ROOT = Path(PROJECT_DIR)
 
 
-@pytest.mark.parametrize("inventory", ["baremetal", "droplet"])
+@pytest.mark.parametrize("inventory", ["baremetal", "droplet", "slurm"])
 def test_tags_validate_passes_without_nodes(inventory: str) -> None:
     proc = ansible_playbook(
         *("-i", str(ROOT / "inventories" / inventory), "site.yml", "--tags", "validate"),
@@ -26,3 +26,7 @@ def test_tags_validate_passes_without_nodes(inventory: str) -> None:
     # the inventories' addresses are documentation examples: reaching one would have failed
     assert "unreachable=0" in proc.stdout
     assert "Gathering Facts" not in proc.stdout
+    if inventory == "slurm":  # no cluster hosts: the login host's variables are what validate checks
+        assert "SLURM inventory: the variables of login-1 (slurm_login) are checked here" in " ".join(
+            proc.stdout.split()
+        )

@@ -324,7 +324,7 @@ def test_the_install_templates_follow_the_verified_settings() -> None:
 LLAMA_405B = yaml.safe_load((ROOT / "inventories/slurm/group_vars/all/model.yml").read_text())["validate_model_config"]
 
 
-def slurm_play(tmp_path: Path, **overrides: Any) -> tuple[int, str]:
+def slurm_play(tmp_path: Path, playbook: str = "playbooks/slurm.yml", **overrides: Any) -> tuple[int, str]:
     """playbooks/slurm.yml against a local "login host" whose scontrol and sinfo print a 2 x 8 GPU partition;
     sbatch is not there: a run that gets past every check stops at the first command that needs it."""
     bin_dir = tmp_path / "bin"
@@ -352,9 +352,7 @@ def slurm_play(tmp_path: Path, **overrides: Any) -> tuple[int, str]:
         }
     }
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inventory))
-    proc = ansible_playbook(
-        "-i", str(tmp_path / "hosts.yml"), "playbooks/slurm.yml", PATH=f"{bin_dir}:{os.environ['PATH']}"
-    )
+    proc = ansible_playbook("-i", str(tmp_path / "hosts.yml"), playbook, PATH=f"{bin_dir}:{os.environ['PATH']}")
     return proc.returncode, " ".join((proc.stdout + proc.stderr).split())
 
 
@@ -440,3 +438,40 @@ def test_data_parallel_is_refused_on_slurm_not_ignored(tmp_path: Path) -> None:
     assert "vllm_serve_data_parallel_size=2: the SLURM job serves one replica" in out, out[-3000:]
     assert "Fix: remove vllm_serve_data_parallel_size" in out
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"vllm_serve_extra_args": ["--max-num-seqs 8"]}, 'vllm_serve_extra_args=["--max-num-seqs 8"] on login'),
+        ({"vllm_serve_extra_args": ["--tensor-parallel-size", "4"]}, "vllm_serve_tensor_parallel_size"),
+        ({"multinode_api_key": "{{ vault_multinode_api_key }}"}, "names vault_multinode_api_key, which is undefined"),
+        ({"multinode_vllm_port": "80OO"}, "multinode_vllm_port"),
+    ],
+    ids=["glued-flag", "managed-flag", "undefined-vault-var", "bad-port"],
+)
+def test_the_validate_phase_checks_the_slurm_inventory_before_anything(
+    tmp_path: Path, overrides: dict[str, Any], words: str
+) -> None:
+    """The variable checks of the hosts path run on the login host: a stop before the job's directory."""
+    rc, out = slurm_play(tmp_path, **overrides)
+    assert rc != 0
+    assert "TASK [multinode.vllm.validate : Stop if" in out and words in out, out[-3000:]
+    assert "Fix:" in out and not (tmp_path / "work").exists()
+
+
+def test_a_misspelt_slurm_variable_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    _rc, out = slurm_play(tmp_path, slurm_partion="gpu")
+    want = "WARNING: no role of multinode.vllm reads slurm_partion (on login; did you mean slurm_partition?)"
+    assert want in out, out[-3000:]
+
+
+def test_site_yml_submits_on_a_slurm_inventory(tmp_path: Path) -> None:
+    """site.yml on an inventory of login hosts: validate (SLURM mode), the node phases find no hosts,
+    the slurm phase plans and submits (here it stops at sbatch, which this machine lacks)."""
+    rc, out = slurm_play(tmp_path, "site.yml")
+    assert "SLURM inventory: the variables of login (slurm_login) are checked here" in out, out[-3000:]
+    assert "PLAY [SLURM - submit the vLLM job and gate it]" in out
+    assert "TP 8 x PP 2 on 2 nodes x 8 GPUs; weights 75" in out, out[-3000:]
+    assert rc != 0 and "squeue" in out  # the script written, then stopped at the queue (no SLURM here)
+    assert (tmp_path / "work" / "multinode-vllm.sbatch").is_file()

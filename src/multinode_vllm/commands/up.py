@@ -107,7 +107,16 @@ def _cmd(args: argparse.Namespace) -> int:
         if json_out:
             print(json.dumps({**doc, **error_document(err)}, indent=2, default=str))
         return code
-    if not args.no_smoke:
+    slurm_job = (result.exported.get("multinode_slurm_job") if result is not None else None) or None
+    if not args.no_smoke and isinstance(slurm_job, dict):
+        # the SLURM path: the play's gate made the chat request through the job's head (the
+        # controller may not reach the compute nodes); its answer is the smoke test
+        doc["smoke"] = {
+            "endpoint": slurm_job.get("endpoint"),
+            "answer": slurm_job.get("answer"),
+            "slurm_job_id": slurm_job.get("job_id"),
+        }
+    elif not args.no_smoke:
         try:
             doc["smoke"] = smoke(
                 options.inventory or LOCAL_INVENTORY,
