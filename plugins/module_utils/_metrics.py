@@ -121,3 +121,102 @@ def metrics_summary(first: str, second: str, seconds: float) -> dict[str, Any]:
         "generation_tokens_per_s": round(sum(r["generation_tokens_per_s"] for r in engines.values()), 2),
     }
     return {"window_s": round(float(seconds), 2), "engines": engines, "total": total}
+
+
+#: Dynamo's frontend (its /metrics on the API port, prefix dynamo_frontend_): sample -> field, summed
+#: over the labels (model, worker, status ...). Histograms give _sum and _count.
+DYNAMO_FIELDS = {
+    "dynamo_frontend_requests_total": "requests",
+    "dynamo_frontend_inflight_requests": "inflight",
+    "dynamo_frontend_worker_active_decode_blocks": "active_kv_blocks",
+    "dynamo_frontend_model_total_kv_blocks": "total_kv_blocks",
+    "dynamo_frontend_cached_tokens_sum": "cached_tokens",
+    "dynamo_frontend_input_sequence_tokens_sum": "input_tokens",
+    "dynamo_frontend_output_tokens_total": "output_tokens",
+}
+
+
+def _families(text: str) -> list[Any]:
+    if text_string_to_metric_families is None:
+        raise ValueError(
+            "reading /metrics needs the Python package prometheus-client on the controller "
+            "(pip install prometheus-client; the collection's venv has it)"
+        )
+    if not isinstance(text, str):
+        raise ValueError(f"a /metrics body must be text, got {type(text).__name__}")
+    try:
+        return list(text_string_to_metric_families(text))
+    except ValueError as exc:
+        raise ValueError(f"/metrics is not the Prometheus text format: {exc}") from exc
+
+
+def dynamo_frontend_metrics(text: str) -> dict[str, float]:
+    """Dynamo's frontend counters and gauges from a /metrics body, each summed over its labels."""
+    out: dict[str, float] = {}
+    for family in _families(text):
+        for sample in family.samples:
+            field = DYNAMO_FIELDS.get(sample.name)
+            if field is not None:
+                out[field] = out.get(field, 0.0) + float(sample.value)
+    return out
+
+
+def kv_cache_usage(text: str) -> float | None:
+    """The KV-cache usage (0..1) one /metrics read shows: vLLM's engines averaged, or Dynamo's
+    active decode blocks over the workers' total blocks; None when the body has neither."""
+    engines = engine_metrics(text) if "vllm:" in text else {}
+    usage = [rec["kv_cache_usage"] for rec in engines.values() if "kv_cache_usage" in rec]
+    if usage:
+        return round(sum(usage) / len(usage), 4)
+    dyn = dynamo_frontend_metrics(text)
+    if dyn.get("total_kv_blocks") and "active_kv_blocks" in dyn:
+        return round(dyn["active_kv_blocks"] / dyn["total_kv_blocks"], 4)
+    return None
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return round(num / den, 4) if den > 0 else None
+
+
+def load_summary(before: str, after: str, seconds: float, peak_kv: float | None = None) -> dict[str, Any]:
+    """What a load did, from the endpoint's /metrics read before and after it (and the highest KV-cache
+    usage read while it ran, when sampled): vLLM's engines, or Dynamo's frontend.
+
+    ``requests``: finished during the load; ``kv_cache_usage``: after it; ``prefix_cache_hit_rate``:
+    over the load (vLLM: prefix-cache hits over queries, in tokens; Dynamo: cached prompt tokens
+    over prompt tokens); ``output_tokens_per_s``: over ``seconds``. None where the server has no such
+    series (Dynamo's KV blocks need its KV router; the mocker and the round-robin router have none).
+    """
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0:
+        raise ValueError(f"seconds must be the positive length of the load, got {seconds!r}")
+    if "vllm:" in after:
+        old, new = engine_metrics(before), engine_metrics(after)
+
+        def delta(field: str) -> float:
+            return sum(rec.get(field, 0.0) - old.get(e, {}).get(field, 0.0) for e, rec in new.items())
+
+        return {
+            "source": "vllm",
+            "engines": len(new),
+            "requests": int(delta("success")),
+            "kv_cache_usage": kv_cache_usage(after),
+            "kv_cache_usage_peak": peak_kv,
+            "prefix_cache_hit_rate": _ratio(delta("prefix_cache_hits"), delta("prefix_cache_queries")),
+            "output_tokens_per_s": round(delta("generation_tokens") / seconds, 1),
+        }
+    if "dynamo_frontend_" in after:
+        old_d, new_d = dynamo_frontend_metrics(before), dynamo_frontend_metrics(after)
+
+        def ddelta(field: str) -> float:
+            return new_d.get(field, 0.0) - old_d.get(field, 0.0)
+
+        return {
+            "source": "dynamo",
+            "requests": int(ddelta("requests")),
+            "kv_cache_usage": kv_cache_usage(after),
+            "kv_cache_usage_peak": peak_kv,
+            "prefix_cache_hit_rate": _ratio(ddelta("cached_tokens"), ddelta("input_tokens")),
+            "output_tokens_per_s": round(ddelta("output_tokens") / seconds, 1),
+            "total_kv_blocks": int(new_d["total_kv_blocks"]) if "total_kv_blocks" in new_d else None,
+        }
+    raise ValueError("the endpoint's /metrics has neither vLLM's (vllm:) nor Dynamo's (dynamo_frontend_) series")

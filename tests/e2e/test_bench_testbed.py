@@ -83,3 +83,9 @@ def test_bench_and_100_streams() -> None:
     streams = doc["streams"]
     assert streams["requests"] == 100 and streams["errors"] == 0, streams
     assert streams["tokens"] >= 100
+    # the server's side of the streams (vLLM's /metrics before, during and after them)
+    load = streams["metrics"]
+    print(f"[bench] the streams in vLLM's metrics: {json.dumps(load)}", flush=True)
+    assert load["source"] == "vllm" and load["requests"] >= 100, load
+    assert load["kv_cache_usage_peak"] is not None and load["kv_cache_usage_peak"] > 0, load
+    assert load["prefix_cache_hit_rate"] is not None and load["output_tokens_per_s"] > 0, load

@@ -13,16 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from multinode_vllm.module_utils._metrics import load_summary
 
 from multinode_vllm.cli import main
 from multinode_vllm.commands.bench import (
     Endpoint,
     chat_once,
     distributions,
+    format_load,
     format_summary,
     percentiles,
     plot,
     stream_load,
+    stream_load_with_metrics,
     summary,
 )
 from multinode_vllm.progress import UsageError
@@ -218,9 +221,12 @@ def test_bench_command_failure_shows_stderr_without_the_key(
 class FakeSSEServer:
     """An OpenAI-style streaming endpoint on loopback: chunked SSE, usage in the last event."""
 
-    def __init__(self, tokens: int = 5, fail_every: int = 0) -> None:
+    def __init__(self, tokens: int = 5, fail_every: int = 0, metrics: str | None = None) -> None:
         self.tokens, self.fail_every = tokens, fail_every
+        self.metrics_style = metrics  # None: /metrics answers 404; "vllm" or "dynamo": that server's series
         self.count = 0
+        self.streams_done = 0
+        self.streams_running = 0
         self.loop = asyncio.new_event_loop()
         self.port = 0
         self.ready = threading.Event()
@@ -233,6 +239,15 @@ class FakeSSEServer:
         }
         length = int(heads.get(b"content-length", b"0"))
         body = json.loads(await reader.readexactly(length)) if length else {}
+        if request.startswith(b"GET /metrics"):
+            if self.metrics_style is None:
+                writer.write(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+            else:
+                payload = self.metrics_text().encode()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
+            await writer.drain()
+            writer.close()
+            return
         self.count += 1
         if request.startswith(b"GET /v1/models"):
             payload = json.dumps({"data": [{"id": "tiny"}]}).encode()
@@ -243,18 +258,61 @@ class FakeSSEServer:
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
             events: list[dict[str, Any]] = [{"choices": [{"delta": {"content": f"t{i} "}}]} for i in range(self.tokens)]
             events.append({"choices": [], "usage": {"completion_tokens": self.tokens}})
+            self.streams_running += 1
             for e in events:
                 chunk = b"data: " + json.dumps(e).encode() + b"\n\n"
                 writer.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
                 await writer.drain()
-                await asyncio.sleep(0.001)
+                await asyncio.sleep(0.001 if self.metrics_style is None else 0.3)
             done = b"data: [DONE]\n\n"
             writer.write(b"%x\r\n%s\r\n0\r\n\r\n" % (len(done), done))
+            self.streams_running -= 1
+            self.streams_done += 1
         else:
             payload = json.dumps({"choices": [{"message": {"content": "hello there"}}]}).encode()
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(payload) + payload)
         await writer.drain()
         writer.close()
+
+    def metrics_text(self) -> str:
+        """/metrics as vLLM (one engine) or Dynamo's frontend writes it, from what was served so far:
+        each stream used 2 KV blocks of 100 while it ran; half of each prompt's 20 tokens were cached."""
+        done, running = self.streams_done, self.streams_running
+        if self.metrics_style == "vllm":
+            lines = [
+                "# TYPE vllm:num_requests_running gauge",
+                f'vllm:num_requests_running{{engine="0",model_name="tiny"}} {running}',
+                "# TYPE vllm:kv_cache_usage_perc gauge",
+                f'vllm:kv_cache_usage_perc{{engine="0",model_name="tiny"}} {running * 2 / 100}',
+                "# TYPE vllm:request_success_total counter",
+                f'vllm:request_success_total{{engine="0",finished_reason="length",model_name="tiny"}} {done}',
+                "# TYPE vllm:prefix_cache_queries_total counter",
+                f'vllm:prefix_cache_queries_total{{engine="0",model_name="tiny"}} {done * 20}',
+                "# TYPE vllm:prefix_cache_hits_total counter",
+                f'vllm:prefix_cache_hits_total{{engine="0",model_name="tiny"}} {done * 10}',
+                "# TYPE vllm:generation_tokens_total counter",
+                f'vllm:generation_tokens_total{{engine="0",model_name="tiny"}} {done * self.tokens}',
+            ]
+        else:
+            lines = [
+                "# TYPE dynamo_frontend_requests_total counter",
+                f'dynamo_frontend_requests_total{{model="tiny",request_type="stream",status="success"}} {done}',
+                "# TYPE dynamo_frontend_worker_active_decode_blocks gauge",
+                f'dynamo_frontend_worker_active_decode_blocks{{model="tiny",worker_id="1"}} {running * 2}',
+                "# TYPE dynamo_frontend_model_total_kv_blocks gauge",
+                'dynamo_frontend_model_total_kv_blocks{model="tiny",worker_id="1"} 100',
+                "# TYPE dynamo_frontend_cached_tokens histogram",
+                f'dynamo_frontend_cached_tokens_bucket{{model="tiny",le="+Inf"}} {done}',
+                f'dynamo_frontend_cached_tokens_sum{{model="tiny"}} {done * 10}',
+                f'dynamo_frontend_cached_tokens_count{{model="tiny"}} {done}',
+                "# TYPE dynamo_frontend_input_sequence_tokens histogram",
+                f'dynamo_frontend_input_sequence_tokens_bucket{{model="tiny",le="+Inf"}} {done}',
+                f'dynamo_frontend_input_sequence_tokens_sum{{model="tiny"}} {done * 20}',
+                f'dynamo_frontend_input_sequence_tokens_count{{model="tiny"}} {done}',
+                "# TYPE dynamo_frontend_output_tokens counter",
+                f'dynamo_frontend_output_tokens_total{{model="tiny"}} {done * self.tokens}',
+            ]
+        return "\n".join(lines) + "\n"
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
@@ -294,6 +352,34 @@ def test_streams_count_errors() -> None:
     assert stats.errors == 5 and stats.ok == 15
     assert stats.tokens == 45
     assert stats.error_samples[0].startswith("RuntimeError: HTTP 503")
+
+
+@pytest.mark.parametrize("style", ["vllm", "dynamo"])
+def test_streams_report_what_the_servers_metrics_saw(style: str) -> None:
+    """The 100-stream check reads the endpoint's /metrics before, during (KV-usage peak) and after."""
+    with FakeSSEServer(tokens=4, metrics=style) as s:
+        ep = Endpoint(f"http://127.0.0.1:{s.port}", model="tiny")
+        stats, load = asyncio.run(stream_load_with_metrics(ep, n=30, max_tokens=4, sample_every=0.1))
+    assert (stats.ok, stats.errors) == (30, 0)
+    assert load["source"] == style and load["requests"] == 30, load
+    assert load["prefix_cache_hit_rate"] == 0.5  # 10 of each 20 prompt tokens cached
+    assert load["kv_cache_usage"] == 0.0  # nothing runs after the load
+    assert load["kv_cache_usage_peak"] is not None and 0 < load["kv_cache_usage_peak"] <= 0.6, load
+    assert load["output_tokens_per_s"] > 0
+    assert "prefix-cache hit rate 50.0 %" in format_load(load)
+
+
+def test_streams_without_metrics_still_count(sse: FakeSSEServer) -> None:
+    stats, load = asyncio.run(stream_load_with_metrics(Endpoint(f"http://127.0.0.1:{sse.port}"), n=10))
+    assert stats.ok == 10 and load == {"error": "/metrics before the load: HTTP Error 404: Not Found"}
+    assert format_load(load).startswith("server metrics: not read (")
+
+
+def test_load_summary_refuses_what_it_cannot_read() -> None:
+    with pytest.raises(ValueError, match="neither vLLM's"):
+        load_summary("", "python_gc_objects_collected_total 1\n", 1.0)
+    with pytest.raises(ValueError, match="positive length"):
+        load_summary("", "", 0)
 
 
 def test_chat_once(sse: FakeSSEServer) -> None:

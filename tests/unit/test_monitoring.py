@@ -203,3 +203,79 @@ def test_role_stops_on_a_bad_interval_naming_it(tmp_path: Path) -> None:
     proc, _out = render(tmp_path, monitoring_scrape_interval="often")
     assert proc.returncode != 0
     assert "monitoring_scrape_interval must be a Prometheus duration such as 15s" in " ".join(proc.stdout.split())
+
+
+EXPORT_PLAYBOOK = """\
+- name: Export
+  hosts: all
+  gather_facts: false
+  vars_files:
+{vars_files}
+  tasks:
+    - name: Set the preflight facts
+      fake_facts:
+        facts: "{{{{ node_facts }}}}"
+    - name: Write what an existing Prometheus needs
+      ansible.builtin.include_role:
+        name: multinode.vllm.monitoring
+        tasks_from: export.yml
+      vars:
+        monitoring_export_dir: "{out}/{{{{ inventory_hostname }}}}"
+        monitoring_config: "{{{{ _monitoring_config }}}}"  # main.yml's "Build the scrape configuration"
+      run_once: true
+"""
+
+
+@pytest.mark.parametrize("install", [False, True])
+def test_an_existing_prometheus_gets_the_scrape_configuration_and_rules(tmp_path: Path, install: bool) -> None:
+    """monitoring_prometheus_install: false writes the scrape configuration and the rules next to the
+    inventory for a Prometheus elsewhere (and says so); true writes only the dashboard there."""
+    lib = tmp_path / "library"
+    lib.mkdir()
+    (lib / "fake_facts.py").write_text(FAKE_FACTS_MODULE)
+    out = tmp_path / "out"
+    inv = {
+        "all": {
+            "vars": {
+                "ansible_connection": "local",
+                "ansible_python_interpreter": sys.executable,
+                "monitoring_prometheus_install": install,
+            },
+            "children": {
+                "vllm_cluster": {
+                    "children": {
+                        "ray_head": {
+                            "hosts": {"node1": {"node_facts": {"multinode_fabric": {"control_ip": "10.0.0.1"}}}}
+                        },
+                        "ray_workers": {
+                            "hosts": {"node2": {"node_facts": {"multinode_fabric": {"control_ip": "10.0.0.2"}}}}
+                        },
+                    }
+                }
+            },
+        }
+    }
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
+    (tmp_path / "pb.yml").write_text(EXPORT_PLAYBOOK.format(out=out, vars_files=role_vars_files("multinode")))
+    proc = ansible_playbook(
+        "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "pb.yml"), timeout=120, ANSIBLE_LIBRARY=str(lib)
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    written = out / "node1"
+    assert (written / "grafana-multinode-vllm.json").read_bytes() == (
+        Path(PROJECT_DIR) / "roles/monitoring/files/grafana/multinode-vllm.json"
+    ).read_bytes()
+    said = " ".join(proc.stdout.split())
+    if install:
+        assert sorted(p.name for p in written.iterdir()) == ["grafana-multinode-vllm.json"]
+        assert "Prometheus is not installed here" not in said
+        return
+    assert (written / "multinode-vllm.rules.yml").read_bytes() == (
+        Path(PROJECT_DIR) / "roles/monitoring/files/multinode-vllm.rules.yml"
+    ).read_bytes()
+    scrape = yaml.safe_load((written / "prometheus-scrape.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert set(jobs) == {"vllm", "ray", "node"}, jobs
+    targets = [t for sc in jobs["node"]["static_configs"] for t in sc["targets"]]
+    assert sorted(targets) == ["10.0.0.1:9100", "10.0.0.2:9100"], jobs["node"]
+    assert "Prometheus is not installed here (monitoring_prometheus_install: false)" in said

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 from multinode_vllm import PROJECT_DIR
 from multinode_vllm.module_utils._credentials import read_api_key
+from multinode_vllm.module_utils._metrics import kv_cache_usage, load_summary
 from multinode_vllm.progress import (
     EXIT_FAILED,
     EXIT_OK,
@@ -274,6 +276,52 @@ async def stream_load(
     return stats
 
 
+def read_metrics(ep: Endpoint, timeout: float = 10) -> str:
+    """The endpoint's Prometheus text (/metrics on the API port: vLLM's engines, or Dynamo's frontend)."""
+    headers = {"Authorization": f"Bearer {ep.api_key}"} if ep.api_key else {}
+    req = urllib.request.Request(f"{ep.base_url}/metrics", headers=headers)
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        return str(resp.read().decode("utf-8", errors="replace"))
+
+
+async def stream_load_with_metrics(
+    ep: Endpoint, n: int = 100, max_tokens: int = 64, sample_every: float = 1.0
+) -> tuple[StreamStats, dict[str, Any]]:
+    """stream_load, with the server's view of it: /metrics read before and after the load, and the
+    KV-cache usage sampled while it runs (its peak). The second item is load_summary's record, or
+    {"error": why} when the endpoint has no readable /metrics (the load itself still counts)."""
+    try:
+        before = await asyncio.to_thread(read_metrics, ep)
+    except (OSError, ValueError) as exc:
+        return await stream_load(ep, n=n, max_tokens=max_tokens), {"error": f"/metrics before the load: {exc}"}
+    peak: list[float] = []
+    done = asyncio.Event()
+
+    async def sample() -> None:
+        while not done.is_set():
+            try:
+                usage = kv_cache_usage(await asyncio.to_thread(read_metrics, ep, 5))
+                if usage is not None:
+                    peak.append(usage)
+            except (OSError, ValueError):
+                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), sample_every)
+
+    sampler = asyncio.create_task(sample())
+    try:
+        stats = await stream_load(ep, n=n, max_tokens=max_tokens)
+    finally:
+        done.set()
+        await sampler
+    try:
+        after = await asyncio.to_thread(read_metrics, ep)
+        metrics = load_summary(before, after, max(stats.wall_s, 1e-3), max(peak) if peak else None)
+    except (OSError, ValueError) as exc:
+        metrics = {"error": f"/metrics after the load: {exc}"}
+    return stats, metrics
+
+
 # ------------------------------------------------------------------- results: table and plot
 def percentiles(result: Mapping[str, Any]) -> dict[str, dict[str, float]]:
     """{metric: {stat: ms}} from a `vllm bench serve` result JSON (mean/median/std/pNN)."""
@@ -494,6 +542,21 @@ def sweep_report(files: Sequence[Path], json_out: bool, png: Path | None = None)
     return doc
 
 
+def format_load(load: Mapping[str, Any]) -> str:
+    """One line: what the server's /metrics say about the streams."""
+    if "error" in load:
+        return f"server metrics: not read ({load['error']})"
+
+    def pct(v: Any) -> str:
+        return "n/a" if v is None else f"{100 * float(v):.1f} %"
+
+    return (
+        f"server metrics ({load['source']}): {load['requests']} requests finished, KV-cache usage "
+        f"{pct(load['kv_cache_usage'])} after the load (peak {pct(load['kv_cache_usage_peak'])}), "
+        f"prefix-cache hit rate {pct(load['prefix_cache_hit_rate'])}, {load['output_tokens_per_s']} output tok/s"
+    )
+
+
 def concurrency_list(text: str) -> list[int]:
     """--concurrency 1,4,16: positive integers, in the order given."""
     try:
@@ -651,14 +714,15 @@ def _cmd(args: argparse.Namespace) -> int:
         if args.streams:
             inv = args.inventory or str(PROJECT_DIR / "inventories" / "local")
             ep = _endpoint_from_inventory(inv, None, getattr(args, "vault_password_file", None))
-            st = asyncio.run(stream_load(ep, n=args.streams, max_tokens=args.stream_tokens))
-            doc["streams"] = st.summary()
+            st, load = asyncio.run(stream_load_with_metrics(ep, n=args.streams, max_tokens=args.stream_tokens))
+            doc["streams"] = {**st.summary(), "metrics": load}
             if not json_out:
                 s = doc["streams"]
                 print(
                     f"streams: {s['ok']}/{s['requests']} ok, {s['errors']} errors, {s['tokens']} tokens "
                     f"in {s['wall_s']:.1f}s ({s['tokens_per_s']} tok/s), TTFT p50 {s['ttft_ms']['p50']} ms"
                 )
+                print(format_load(load))
                 for e in st.error_samples:
                     print(f"  error: {e}", file=sys.stderr)
             if st.errors:
