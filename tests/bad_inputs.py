@@ -1100,6 +1100,20 @@ CASES: list[Case] = [
         more=("dynamo on node2",),
     ),
     _c(
+        "ray-token-differs-per-host",
+        "another Ray token on one host (the workers could not join the head)",
+        V,
+        "cluster-wide setting differs between hosts",
+        "multinode_ray_auth_token",
+        "set multinode_ray_auth_token once",
+        lambda i: (
+            i.set(multinode_ray_auth_token="tok-cluster-0123456789abcdef"),
+            i.host("node2", multinode_ray_auth_token="tok-other-fedcba9876543210"),
+        ),
+        more=("one value on node1; another on node2 (a secret: the values are not shown)",),
+        absent=("tok-cluster-0123456789abcdef", "tok-other-fedcba9876543210"),
+    ),
+    _c(
         "docker-image-differs-per-host",
         "another vLLM image on one host",
         V,

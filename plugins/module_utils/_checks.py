@@ -31,6 +31,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import hashlib
+import os
 import re
 from collections.abc import Iterable, Mapping, Sequence, Set
 from numbers import Number
@@ -278,8 +280,11 @@ def _args_items(value: Any, managed: dict[str, str]) -> str | None:
     return None
 
 
-def secret_shape(value: Any) -> dict[str, Any]:
-    """What the checks may know of a secret: its type and whether it is empty, never its value."""
+def secret_shape(value: Any, salt: bytes | None = None) -> dict[str, Any]:
+    """What the checks may know of a secret: its type and whether it is empty, never its value.
+
+    With ``salt`` (random, one per check run), also a salted digest: equal secrets on two hosts have
+    equal digests within the run (the cluster-wide check compares them), and none is worth keeping."""
     if value is None:
         kind = "null"
     elif isinstance(value, bool):
@@ -294,7 +299,10 @@ def secret_shape(value: Any) -> dict[str, Any]:
         kind = "list"
     else:
         kind = "other"
-    return {"secret_type": kind, "empty": value is None or value == ""}
+    shape: dict[str, Any] = {"secret_type": kind, "empty": value is None or value == ""}
+    if salt is not None:
+        shape["digest"] = hashlib.sha256(salt + repr(value).encode()).hexdigest()
+    return shape
 
 
 def host_values(
@@ -308,6 +316,7 @@ def host_values(
     nowhere.
     """
     out: dict[str, dict[str, Any]] = {}
+    salt = os.urandom(16)
     for host, own in hosts.items():
         row: dict[str, Any] = {}
         for var, rule in rules.items():
@@ -317,7 +326,7 @@ def host_values(
                 value = defaults[var]
             else:
                 continue
-            row[var] = secret_shape(value) if rule.get("kind") == "secret" else value
+            row[var] = secret_shape(value, salt) if rule.get("kind") == "secret" else value
         out[str(host)] = row
     return out
 
@@ -409,18 +418,29 @@ def cluster_mismatches(values: dict[str, dict[str, Any]], rules: dict[str, dict[
     for var, rule in rules.items():
         if not rule.get("cluster"):
             continue
+        secret = rule.get("kind") == "secret"
         groups: dict[str, list[str]] = {}
         shown: dict[str, str] = {}
         for host, host_values in values.items():
             if var not in host_values:
                 continue
-            key = _canonical(host_values[var])
+            value = host_values[var]
+            if secret:  # compared by the salted digest (host_values), never shown
+                key = str(value.get("digest", "")) if isinstance(value, dict) else ""
+                shown.setdefault(key, "an empty value" if isinstance(value, dict) and value.get("empty") else "")
+            else:
+                key = _canonical(value)
+                shown.setdefault(key, show(value))
             groups.setdefault(key, []).append(host)
-            shown.setdefault(key, show(host_values[var]))
         if len(groups) > 1:
             ordered = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[1]))
+            if secret:
+                names = iter(("one value", "another", "a third", "a fourth"))
+                for k, _hosts in ordered:
+                    shown[k] = shown[k] or next(names, "yet another")
             text = "; ".join(f"{shown[k]} on {', '.join(sorted(hosts))}" for k, hosts in ordered)
-            out.append({"var": var, "text": f"{var}: {text}"})
+            tail = " (a secret: the values are not shown)" if secret else ""
+            out.append({"var": var, "text": f"{var}: {text}{tail}"})
     return out
 
 

@@ -1,12 +1,14 @@
 """The Kubernetes path's commands, run for real (issue 17, deliverable 4), on their own test bed.
 
-No API server or kubelet can run here, so this plays the kubelet's part for the LeaderWorkerSet
-flavour and nothing more: `multinode-vllm render --flavour lws` renders the manifests from the test
+No API server or kubelet can run here, so this plays the kubelet's part for the LeaderWorkerSet and
+KubeRay flavours and nothing more: `multinode-vllm render --flavour lws|kuberay` renders the manifests from the test
 bed's inventory (the same variables as the hosts path); the leader's and the worker's container
 `command` + `args` run unchanged on two test-bed nodes, with the environment the manifest gives them
 (literal values; `status.podIP` as the node's address; the API key `secretKeyRef` as a key the test
 generates; the optional HF token absent) plus what the LWS controller injects (`LWS_LEADER_ADDRESS`,
-`LWS_GROUP_SIZE`, `LWS_WORKER_INDEX`), the image's PATH (the node venv) and the model claim's
+`LWS_GROUP_SIZE`, `LWS_WORKER_INDEX`; KubeRay: the head Service's DNS name, `RAY_HEAD_SERVICE`, as
+the head node's address, since ray.io/overwrite-container-cmd leaves the command to ours), the image's
+PATH (the node venv) and the model claim's
 `subPath` at the container's mount point (/mnt/models). They must form the Ray cluster and serve a
 chat answer across the two nodes (TP 1 x PP 2): a manifest whose command cannot serve fails here
 even though its schema is valid.
@@ -51,9 +53,9 @@ def bed() -> Iterator[tb.Testbed]:
         tb.down(NAME)
 
 
-def render_lws(bed: tb.Testbed, out: Path) -> dict[str, Any]:
+def render(bed: tb.Testbed, out: Path, flavour: str) -> list[dict[str, Any]]:
     proc = subprocess.run(
-        [*CLI, "render", "-i", str(bed.inventory), "--out", str(out), "--flavour", "lws", "--no-apply"],
+        [*CLI, "render", "-i", str(bed.inventory), "--out", str(out), "--flavour", flavour, "--no-apply"],
         check=False,
         capture_output=True,
         text=True,
@@ -61,8 +63,32 @@ def render_lws(bed: tb.Testbed, out: Path) -> dict[str, Any]:
         env={**os.environ, "CI": "true"},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    docs = [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
-    return next(d for d in docs if d["kind"] == "LeaderWorkerSet")
+    return [yaml.safe_load(p.read_text()) for p in sorted(out.glob("*.yaml"))]
+
+
+def pods(
+    docs: list[dict[str, Any]], flavour: str, leader_ip: str
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, str]]:
+    """(the leader or head container, a worker container, what the controller injects into both)."""
+    if flavour == "lws":
+        group = next(d for d in docs if d["kind"] == "LeaderWorkerSet")["spec"]["leaderWorkerTemplate"]
+        assert group["size"] == 2
+        injected = {"LWS_LEADER_ADDRESS": leader_ip, "LWS_GROUP_SIZE": str(group["size"])}
+        return (
+            group["leaderTemplate"]["spec"]["containers"][0],
+            group["workerTemplate"]["spec"]["containers"][0],
+            injected,
+        )
+    cluster = next(d for d in docs if d["kind"] == "RayCluster")
+    assert cluster["metadata"]["annotations"]["ray.io/overwrite-container-cmd"] == "true"
+    (group,) = cluster["spec"]["workerGroupSpecs"]
+    assert group["replicas"] == 1  # PP 2: the head and one worker pod
+    # the worker's RAY_HEAD_SERVICE names the head Service in cluster DNS: here, the head node's address
+    return (
+        cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0],
+        group["template"]["spec"]["containers"][0],
+        {"RAY_HEAD_SERVICE": leader_ip},
+    )
 
 
 def pod_env(container: dict[str, Any], pod_ip: str, secret: dict[tuple[str, str], str]) -> dict[str, str]:
@@ -98,31 +124,46 @@ def start_pod(bed: tb.Testbed, index: int, container: dict[str, Any], env: dict[
     runner = Path(bed.shared_dir) / "k8s" / f"{tag}.sh"
     runner.parent.mkdir(parents=True, exist_ok=True)
     runner.write_text(
-        f"export PATH={NODE_PATH}\n{exports}exec {shlex.join(container['command'] + container['args'])}\n"
+        f"echo $$ > /tmp/{tag}.pid\nexport PATH={NODE_PATH}\n{exports}"
+        f"exec {shlex.join(container['command'] + container['args'])}\n"
     )
     runner.chmod(0o600)
     bed.exec(index, ["sh", "-c", f"setsid nohup sh {runner} >/tmp/{tag}.log 2>&1 </dev/null &"], check=True)
+
+
+def stop_pod(bed: tb.Testbed, index: int, tag: str) -> None:
+    """The pod deleted: its process group, and the Ray daemons `ray start` left behind; ports free again."""
+    script = (
+        f"kill -TERM -- -$(cat /tmp/{tag}.pid) 2>/dev/null; PATH={NODE_PATH} ray stop --force >/dev/null 2>&1; "
+        "for i in $(seq 60); do ss -Hltn | grep -qE ':(6379|8000) ' || exit 0; sleep 1; done; exit 1"
+    )
+    assert bed.exec(index, ["sh", "-c", script], check=False).returncode == 0, f"node{index}: ports still in use"
 
 
 def log(bed: tb.Testbed, index: int, tag: str) -> str:
     return bed.exec(index, ["sh", "-c", f"tail -n 40 /tmp/{tag}.log"], check=False).stdout
 
 
-def test_lws_leader_and_worker_commands_serve_across_two_nodes(bed: tb.Testbed, tmp_path: Path) -> None:
-    lws = render_lws(bed, tmp_path / "manifests")
-    group = lws["spec"]["leaderWorkerTemplate"]
-    assert group["size"] == 2
-    leader = group["leaderTemplate"]["spec"]["containers"][0]
-    worker = group["workerTemplate"]["spec"]["containers"][0]
-    key = secrets.token_hex(16)
+@pytest.mark.parametrize("flavour", ["lws", "kuberay"])
+def test_leader_and_worker_commands_serve_across_two_nodes(bed: tb.Testbed, tmp_path: Path, flavour: str) -> None:
+    try:
+        serve_and_answer(bed, tmp_path, flavour)
+    finally:  # the pods deleted: the next flavour starts on free nodes
+        for i, tag in ((1, "leader"), (2, "worker")):
+            stop_pod(bed, i, tag)
+
+
+def serve_and_answer(bed: tb.Testbed, tmp_path: Path, flavour: str) -> None:
     leader_ip, worker_ip = bed.node(1).mgmt_ip, bed.node(2).mgmt_ip
-    lws_env = {"LWS_LEADER_ADDRESS": leader_ip, "LWS_GROUP_SIZE": str(group["size"])}
+    leader, worker, injected = pods(render(bed, tmp_path / "manifests", flavour), flavour, leader_ip)
+    key = secrets.token_hex(16)
     api_ref = next(e["valueFrom"]["secretKeyRef"] for e in leader["env"] if e["name"] == "VLLM_API_KEY")
     secret = {(api_ref["name"], api_ref["key"]): key}
+    rank = {"lws": [{"LWS_WORKER_INDEX": "0"}, {"LWS_WORKER_INDEX": "1"}], "kuberay": [{}, {}]}[flavour]
 
     t0 = time.monotonic()
-    start_pod(bed, 1, leader, pod_env(leader, leader_ip, secret) | lws_env | {"LWS_WORKER_INDEX": "0"}, "leader")
-    start_pod(bed, 2, worker, pod_env(worker, worker_ip, secret) | lws_env | {"LWS_WORKER_INDEX": "1"}, "worker")
+    start_pod(bed, 1, leader, pod_env(leader, leader_ip, secret) | injected | rank[0], "leader")
+    start_pod(bed, 2, worker, pod_env(worker, worker_ip, secret) | injected | rank[1], "worker")
     url = f"http://{leader_ip}:{leader['ports'][0]['containerPort']}"
     deadline, status = time.monotonic() + 600, -1
     while time.monotonic() < deadline:
@@ -149,7 +190,7 @@ def test_lws_leader_and_worker_commands_serve_across_two_nodes(bed: tb.Testbed, 
     req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(), headers)
     with urllib.request.urlopen(req, timeout=120) as resp:
         text = json.loads(resp.read())["choices"][0]["message"]["content"]
-    print(f"\n[k8s lws] healthy after {healthy:.1f} s; answer {text!r}")
+    print(f"\n[k8s {flavour}] healthy after {healthy:.1f} s; answer {text!r}")
     assert text
     # the second pipeline stage ran on the worker's node: its Ray joined the leader's
     ray_status = bed.exec(1, ["sh", "-c", f"PATH={NODE_PATH} ray status --address {leader_ip}:6379"], check=False)

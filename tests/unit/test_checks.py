@@ -245,3 +245,28 @@ def test_messages_never_name_internal_classes() -> None:
     assert "_Ansible" not in problem["text"]
     (problem,) = invalid_vars({"node1": {"x": _AnsibleTaggedList([1, 2])}}, {"x": {"kind": "strings"}})
     assert "_Ansible" not in problem["text"] and "[1, 2]" in problem["text"], problem["text"]
+
+
+def test_a_secret_must_be_one_value_too_and_is_never_shown() -> None:
+    """Secrets are compared by a salted digest of the run (host_values), and named without a value."""
+    from ansible_collections.multinode.vllm.plugins.module_utils._checks import host_values
+
+    rules = {"multinode_ray_auth_token": {"kind": "secret", "cluster": True}}
+    hosts = {"node1": {"multinode_ray_auth_token": "tok-A"}, "node2": {"multinode_ray_auth_token": "tok-A"}}
+    values = host_values(hosts, rules, {"multinode_ray_auth_token": ""})
+    assert (
+        values["node1"]["multinode_ray_auth_token"]["digest"] == values["node2"]["multinode_ray_auth_token"]["digest"]
+    )
+    assert "tok-A" not in repr(values)
+    assert cluster_mismatches(values, rules) == []
+    hosts["node3"] = {"multinode_ray_auth_token": "tok-B"}
+    hosts["node4"] = {}  # the default: empty (a generated token)
+    (problem,) = cluster_mismatches(host_values(hosts, rules, {"multinode_ray_auth_token": ""}), rules)
+    assert problem == {
+        "var": "multinode_ray_auth_token",
+        "text": "multinode_ray_auth_token: one value on node1, node2; another on node3; an empty value on node4"
+        " (a secret: the values are not shown)",
+    }
+    # a new run, a new salt: yesterday's digest says nothing about today's
+    again = host_values(hosts, rules, {"multinode_ray_auth_token": ""})
+    assert again["node1"]["multinode_ray_auth_token"]["digest"] != values["node1"]["multinode_ray_auth_token"]["digest"]
