@@ -231,7 +231,7 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     member = sh(bed, 2, f"curl -s -m 3 http://{n1}:2379/health; curl -s -m 3 http://{n1}:8222/healthz")
     assert '"health":"true"' in member and '"status":"ok"' in member, member
 
-    play(run_ansible, bed, "playbooks/dynamo_teardown.yml", phase="teardown")
+    play(run_ansible, bed, "playbooks/teardown.yml", phase="teardown")  # imports dynamo_teardown.yml
     for index in (1, 2):
         # (the image's own etcd and NATS, from Debian's packages, may run on node2's loopback: not ours)
         units = sh(bed, index, "ls /etc/systemd/system | grep -c '^dynamo-' || true").strip()
