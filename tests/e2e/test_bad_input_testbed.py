@@ -40,8 +40,11 @@ RUN = time.strftime("%Y-%m-%dT%H:%M:%S")
 FINGERPRINT = r"""
 T="$1"
 echo "## files changed since the start"
+# (-xdev: not into the host's directories mounted into the node, such as the venvs; and not their mount
+# points either, whose times change when the host adds a sibling, e.g. the Dynamo venv built meanwhile)
 { find /etc /opt /srv /usr /var/tmp /var/lib/dpkg -xdev -newermt "@$T"
-  find /root -xdev -mindepth 1 -newermt "@$T" ! -path '/root/.ansible' ! -path '/root/.ansible/*'; } 2>/dev/null | sort
+  find /root -xdev -mindepth 1 -newermt "@$T" ! -path '/root/.ansible' ! -path '/root/.ansible/*'; } 2>/dev/null \
+  | awk 'NR == FNR { mounted[$5] = 1; next } !($0 in mounted)' /proc/self/mountinfo - | sort
 echo "## systemd unit directories"
 find /etc/systemd/system /run/systemd/system -printf '%y %p %l %s\n' 2>/dev/null | sort
 echo "## unit files"
