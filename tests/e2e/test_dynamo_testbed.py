@@ -186,7 +186,12 @@ def test_dynamo_serves_aggregated_then_disaggregated(
     recap, out = play(run_ansible, bed, "playbooks/dynamo.yml", phase="heal", extra=DISAGG)
     assert recap["node2"] >= 1 and recap["node1"] == 0, recap
     assert "dynamo-worker-prefill-0 started" in " ".join(out.split()), out[-3000:]
-    assert etcd_workers(bed) == sorted([("backend", n1), ("prefill", n2)])
+    # the new worker's registration, and only it: the killed one's key goes when its lease expires
+    # (seconds after the kill; a rerun that follows at once can see both for a moment)
+    want, deadline = sorted([("backend", n1), ("prefill", n2)]), time.monotonic() + 60
+    while (seen := etcd_workers(bed)) != want and time.monotonic() < deadline:
+        time.sleep(2)
+    assert seen == want
     healed = status(ansible_env, bed, "status (healed)", DISAGG)
     assert healed["problems"] == [] and healed["missing"] == [], healed
     recap, _ = play(run_ansible, bed, "playbooks/dynamo.yml", phase="rerun (disaggregated)", extra=DISAGG)
