@@ -30,20 +30,25 @@ FIELDS = {
 }
 
 
-def engine_metrics(text: str) -> dict[str, dict[str, float]]:
-    """Engine label -> {success, running, waiting, kv_cache_usage, ...} from a /metrics body."""
+def _families(text: str, what: str = "/metrics") -> list[Any]:
+    """The metric families of a Prometheus text body (``what`` names the body in the messages)."""
     if text_string_to_metric_families is None:
         raise ValueError(
-            "reading vLLM's /metrics needs the Python package prometheus-client on the controller "
+            f"reading {what} needs the Python package prometheus-client on the controller "
             "(pip install prometheus-client; the collection's venv has it)"
         )
     if not isinstance(text, str):
-        raise ValueError(f"vLLM's /metrics body must be text, got {type(text).__name__}")
-    engines: dict[str, dict[str, float]] = {}
+        raise ValueError(f"{what} body must be text, got {type(text).__name__}")
     try:
-        families = list(text_string_to_metric_families(text))
+        return list(text_string_to_metric_families(text))
     except ValueError as exc:
-        raise ValueError(f"vLLM's /metrics is not the Prometheus text format: {exc}") from exc
+        raise ValueError(f"{what} is not the Prometheus text format: {exc}") from exc
+
+
+def engine_metrics(text: str) -> dict[str, dict[str, float]]:
+    """Engine label -> {success, running, waiting, kv_cache_usage, ...} from a /metrics body."""
+    families = _families(text, "vLLM's /metrics")
+    engines: dict[str, dict[str, float]] = {}
     for family in families:
         for sample in family.samples:
             field = FIELDS.get(sample.name)
@@ -136,24 +141,10 @@ DYNAMO_FIELDS = {
 }
 
 
-def _families(text: str) -> list[Any]:
-    if text_string_to_metric_families is None:
-        raise ValueError(
-            "reading /metrics needs the Python package prometheus-client on the controller "
-            "(pip install prometheus-client; the collection's venv has it)"
-        )
-    if not isinstance(text, str):
-        raise ValueError(f"a /metrics body must be text, got {type(text).__name__}")
-    try:
-        return list(text_string_to_metric_families(text))
-    except ValueError as exc:
-        raise ValueError(f"/metrics is not the Prometheus text format: {exc}") from exc
-
-
 def dynamo_frontend_metrics(text: str) -> dict[str, float]:
     """Dynamo's frontend counters and gauges from a /metrics body, each summed over its labels."""
     out: dict[str, float] = {}
-    for family in _families(text):
+    for family in _families(text, "Dynamo's /metrics"):
         for sample in family.samples:
             field = DYNAMO_FIELDS.get(sample.name)
             if field is not None:
