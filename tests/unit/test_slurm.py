@@ -10,7 +10,9 @@ from __future__ import annotations
 import http.server
 import json
 import os
+import shutil
 import stat
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
@@ -475,3 +477,69 @@ def test_site_yml_submits_on_a_slurm_inventory(tmp_path: Path) -> None:
     assert "TP 8 x PP 2 on 2 nodes x 8 GPUs; weights 75" in out, out[-3000:]
     assert rc != 0 and "squeue" in out  # the script written, then stopped at the queue (no SLURM here)
     assert (tmp_path / "work" / "multinode-vllm.sbatch").is_file()
+
+
+# --- the fabric rules inside the job (roles/slurm/files/job_fabric.py) ----------------------------
+
+
+def link(name: str, address: str, prefixlen: int = 24) -> dict[str, Any]:
+    """One interface as `ip -j addr` prints it, up, with one IPv4 address."""
+    addr_info = [{"family": "inet", "local": address, "prefixlen": prefixlen}]
+    return {"ifname": name, "flags": ["UP"], "operstate": "UP", "addr_info": addr_info}
+
+
+IP_ADDR_BOND0 = [link("lo", "127.0.0.1", 8), link("eth0", "10.0.0.5"), link("bond0", "10.9.0.5")]
+IP_ADDR_DROPLET = [link(f"eth{i}", f"10.{i}.0.5") for i in range(10)]
+ROUTES = [{"dst": "default", "dev": "eth0", "metric": 0}]
+
+
+def job_fabric(tmp_path: Path, addr: list[dict[str, Any]], routes: list[dict[str, Any]], **env: str) -> Any:
+    """job_fabric.py as the job runs it: beside copies of _fabric.py and _ib.py, `ip -j` stood in for."""
+    job = tmp_path / "job.fabric"
+    job.mkdir(parents=True)
+    shutil.copy(ROOT / "roles/slurm/files/job_fabric.py", job)
+    for name in ("_fabric.py", "_ib.py"):
+        shutil.copy(ROOT / "plugins/module_utils" / name, job)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "addr.json").write_text(json.dumps(addr))
+    (tmp_path / "route.json").write_text(json.dumps(routes))
+    (bin_dir / "ip").write_text(f'#!/bin/sh\nshift\ncat "{tmp_path}/$1.json"\n')
+    (bin_dir / "ip").chmod(0o755)
+    return subprocess.run(
+        [sys.executable, str(job / "job_fabric.py")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "MNV_SYSFS_ROOT": str(tmp_path / "sys"), **env},
+    )
+
+
+def test_the_job_picks_each_nodes_fabric_by_the_hosts_rules(tmp_path: Path) -> None:
+    proc = job_fabric(tmp_path, IP_ADDR_BOND0, ROUTES)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "export NODE_IP=10.9.0.5 NCCL_SOCKET_IFNAME=bond0 GLOO_SOCKET_IFNAME=bond0"
+    assert "fabric (bond0 present (bare metal))" in proc.stderr
+
+
+def test_the_job_takes_the_droplet_rails_and_the_active_hcas(tmp_path: Path) -> None:
+    port = tmp_path / "sys/class/infiniband/mlx5_0/ports/1"
+    port.mkdir(parents=True)
+    for name, text in (("state", "4: ACTIVE"), ("phys_state", "5: LinkUp"), ("rate", "400 Gb/sec (4X NDR)")):
+        (port / name).write_text(text + "\n")
+    proc = job_fabric(tmp_path, IP_ADDR_DROPLET, ROUTES)
+    assert proc.returncode == 0, proc.stderr
+    rails = ",".join(f"eth{i}" for i in range(2, 10))
+    assert proc.stdout.strip() == (
+        f"export NODE_IP=10.2.0.5 NCCL_SOCKET_IFNAME={rails} GLOO_SOCKET_IFNAME=eth2 NCCL_IB_HCA=mlx5_0"
+    )
+    # given, the inventory's interface and HCAs win
+    given = job_fabric(tmp_path / "given", IP_ADDR_DROPLET, ROUTES, MNV_CONTROL_INTERFACE="eth1", MNV_IB_HCA="mlx5_7")
+    assert "NODE_IP=10.1.0.5" in given.stdout and "NCCL_IB_HCA=mlx5_7" in given.stdout, given.stderr
+
+
+def test_a_node_whose_fabric_cannot_be_used_ends_the_step_saying_why(tmp_path: Path) -> None:
+    proc = job_fabric(tmp_path, IP_ADDR_BOND0, ROUTES, MNV_CONTROL_INTERFACE="ib0")
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert "the fabric of" in proc.stderr and "interface ib0 does not exist on this host" in proc.stderr
+    assert "set slurm_fabric_interface to the fabric interface" in proc.stderr, proc.stderr
