@@ -20,12 +20,13 @@ def _int(value, name):
         raise AnsibleFilterError("%s: not an integer: %r" % (name, value)) from None
 
 
-def slurm_parallel(nodes, gpus_per_node, tensor_parallel_size="", pipeline_parallel_size=""):
+def slurm_parallel(nodes, gpus_per_node, tensor_parallel_size="", pipeline_parallel_size="", data_parallel_size=""):
     return _slurm.parallel_layout(
         _int(nodes, "slurm_nodes"),
         _int(gpus_per_node, "slurm_gpus_per_node"),
         tensor_parallel_size,
         pipeline_parallel_size,
+        data_parallel_size,
     )
 
 

@@ -89,11 +89,15 @@ def option_problems(opts: Mapping[str, Any]) -> list[str]:
             bad("slurm_memory_fraction", "use a number above 0 and at most 1, e.g. 0.95 (of what slurmd -C reports)")
     dp = opts.get("vllm_serve_data_parallel_size")
     if dp not in (None, "", 1, "1"):
-        problems.append(
-            f"vllm_serve_data_parallel_size={dp!r}: the SLURM job serves one replica (TP x PP over the job's GPUs); "
-            "data parallel runs on the hosts path. Fix: remove vllm_serve_data_parallel_size from the SLURM "
-            "inventory (or set it to 1), or submit one job per replica with its own slurm_job_name and port"
-        )
+        if not _is_int(dp) or int(dp) < 1:
+            bad("vllm_serve_data_parallel_size", "use a whole number of at least 1 (no quotes)")
+        elif opts.get("multinode_backend", "mp") != "mp":
+            problems.append(
+                f"vllm_serve_data_parallel_size={dp!r} with multinode_backend={opts.get('multinode_backend')!r}: "
+                "data parallel in a SLURM job runs on the mp backend (one vllm serve per node, --headless "
+                "--data-parallel-start-rank on the others). Fix: set multinode_backend: mp, or remove "
+                "vllm_serve_data_parallel_size"
+            )
     for var in ("slurm_partition", "slurm_job_name"):
         if var in opts and not (isinstance(opts[var], str) and NAME_RE.match(opts[var])):
             bad(var, "use a name of letters, digits and _ . + - (no spaces)")
@@ -130,15 +134,49 @@ def option_problems(opts: Mapping[str, Any]) -> list[str]:
 
 
 def parallel_layout(
-    nodes: int, gpus_per_node: int, tensor_parallel_size: Any = None, pipeline_parallel_size: Any = None
+    nodes: int,
+    gpus_per_node: int,
+    tensor_parallel_size: Any = None,
+    pipeline_parallel_size: Any = None,
+    data_parallel_size: Any = None,
 ) -> dict[str, Any]:
-    """TP and PP of the job: TP = GPUs per node and PP = nodes unless given (the seed's layout).
+    """DP, TP and PP of the job. One replica (DP 1): TP = GPUs per node and PP = nodes unless given
+    (the seed's layout). Data parallel (DP > 1, the mp backend): DP / nodes replicas on each node,
+    each on TP x PP GPUs of that node (TP = the node's GPUs / its replicas, PP = 1 unless given).
 
-    ``problem`` is empty when TP x PP is the job's GPU count; else one sentence with the numbers.
+    ``problem`` is empty when DP x TP x PP is the job's GPU count (and a replica fits one node);
+    else one sentence with the numbers and the fix.
     """
+    dp = int(data_parallel_size) if data_parallel_size not in (None, "", 0) else 1
+    gpus = nodes * gpus_per_node
+    if dp > 1:
+        local = dp // nodes if dp % nodes == 0 else 0
+        pp = int(pipeline_parallel_size) if pipeline_parallel_size not in (None, "", 0) else 1
+        default_tp = gpus_per_node // (local * pp) if local and gpus_per_node % (local * pp) == 0 else 1
+        tp = int(tensor_parallel_size) if tensor_parallel_size not in (None, "", 0) else default_tp
+        problem = ""
+        if not local:
+            problem = (
+                f"vllm_serve_data_parallel_size={dp} does not spread evenly over {nodes} nodes "
+                "(each node runs the same number of replicas). Fix: a multiple of slurm_nodes"
+            )
+        elif local * tp * pp != gpus_per_node:
+            problem = (
+                f"DP {dp} x TP {tp} x PP {pp} = {dp * tp * pp} GPUs: {local} replicas of TP {tp} x PP {pp} on each "
+                f"node need {local * tp * pp} GPUs, the job's nodes have {gpus_per_node}. Fix: set "
+                "vllm_serve_data_parallel_size, vllm_serve_tensor_parallel_size and vllm_serve_pipeline_parallel_size "
+                "so that DP / slurm_nodes x TP x PP = slurm_gpus_per_node (a replica never crosses a node)"
+            )
+        return {
+            "tensor_parallel_size": tp,
+            "pipeline_parallel_size": pp,
+            "data_parallel_size": dp,
+            "data_parallel_size_local": local,
+            "gpus": gpus,
+            "problem": problem,
+        }
     tp = int(tensor_parallel_size) if tensor_parallel_size not in (None, "", 0) else gpus_per_node
     pp = int(pipeline_parallel_size) if pipeline_parallel_size not in (None, "", 0) else nodes
-    gpus = nodes * gpus_per_node
     problem = ""
     if tp * pp != gpus:
         problem = (
@@ -151,7 +189,14 @@ def parallel_layout(
             f"TP {tp} does not split evenly over nodes of {gpus_per_node} GPUs. "
             "Fix: use a TP that is a multiple or a divisor of slurm_gpus_per_node"
         )
-    return {"tensor_parallel_size": tp, "pipeline_parallel_size": pp, "gpus": gpus, "problem": problem}
+    return {
+        "tensor_parallel_size": tp,
+        "pipeline_parallel_size": pp,
+        "data_parallel_size": 1,
+        "data_parallel_size_local": 1,
+        "gpus": gpus,
+        "problem": problem,
+    }
 
 
 # --- what SLURM prints ---------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from typing import Any
 import e2e_beds
 import pytest
 from e2e_beds import fresh_bed
+from engine_load import every_engine_serves
 
 from multinode_vllm import testbed as tb
 
@@ -139,6 +140,21 @@ def test_slurm_job_serves_both_backends_idempotently(
     _, out = play(run_ansible, bed, "playbooks/status.yml", phase="status", extra={"multinode_backend": "mp"})
     flat = " ".join(out.split())
     assert f"job_id: '{mp_job}'" in flat and "state: RUNNING" in flat and "healthy: true" in flat, out[-3000:]
+
+    # data parallel on the mp backend: one replica per compute node (DP 2, TP 1, PP 1); a new job whose
+    # engines both serve (the head's /metrics counts requests per engine)
+    dp = {"multinode_backend": "mp", "vllm_serve_data_parallel_size": 2}
+    _, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="submit (mp, data parallel 2)", extra=dp)
+    dp_job, how, _, backend = job_of(out)
+    assert (how, backend) == ("submitted", "mp") and int(dp_job) > int(mp_job)
+    assert "--data-parallel-size 2" in sh(bed, 1, f"cat {bed.shared_dir}/slurm/multinode-vllm.sbatch")
+    every_engine_serves(f"http://{bed.node(2).mgmt_ip}:8000", lambda: chat(bed), label="slurm dp2")
+    # each node says the fabric it chose, by the hosts path's rules (bond0 on this bed; nothing given)
+    dp_log = output(bed, dp_job)
+    for index in (2, 3):
+        assert re.search(
+            rf"node{index} fabric \(bond0 present \(bare metal\)\): NODE_IP={bed.node(index).ips['bond0']}", dp_log
+        ), dp_log[-3000:]
 
     # a partition too small for the plan: stopped before sbatch, with numbers
     before = sh(bed, 1, "squeue -h -o %i").split()

@@ -81,7 +81,7 @@ def test_the_role_defaults_pass_the_option_checks() -> None:
         ("slurm_exclusive", "maybe", "true or false"),
         ("slurm_memory_fraction", 1.5, "at most 1"),
         ("slurm_memory_fraction", "nan", "above 0"),
-        ("vllm_serve_data_parallel_size", 2, "one replica"),
+        ("vllm_serve_data_parallel_size", "two", "whole number"),
     ],
 )
 def test_a_bad_option_is_named_with_its_value_and_the_fix(var: str, value: Any, words: str) -> None:
@@ -100,6 +100,8 @@ def test_layout_defaults_to_tp_per_node_and_pp_per_node() -> None:
     assert FILTERS["slurm_parallel"](2, 8) == {
         "tensor_parallel_size": 8,
         "pipeline_parallel_size": 2,
+        "data_parallel_size": 1,
+        "data_parallel_size_local": 1,
         "gpus": 16,
         "problem": "",
     }
@@ -434,12 +436,62 @@ def test_the_inventory_environment_reaches_the_job_through_the_secrets_file(tmp_
     assert script.index("export HF_HOME=") < script.index(f". {secrets}")
 
 
-def test_data_parallel_is_refused_on_slurm_not_ignored(tmp_path: Path) -> None:
-    rc, out = slurm_play(tmp_path, vllm_serve_data_parallel_size=2)
+def test_data_parallel_on_the_ray_backend_is_refused_not_ignored(tmp_path: Path) -> None:
+    rc, out = slurm_play(tmp_path, vllm_serve_data_parallel_size=2)  # the default backend: ray
     assert rc != 0
-    assert "vllm_serve_data_parallel_size=2: the SLURM job serves one replica" in out, out[-3000:]
-    assert "Fix: remove vllm_serve_data_parallel_size" in out
+    assert "vllm_serve_data_parallel_size=2 with multinode_backend='ray': data parallel in a SLURM job runs" in out, (
+        out[-3000:]
+    )
+    assert "Fix: set multinode_backend: mp" in out
     assert not (tmp_path / "work").exists()
+
+
+def test_data_parallel_on_mp_runs_a_replica_per_node(tmp_path: Path) -> None:
+    """DP 2 over 2 nodes x 8 GPUs: one TP 8 replica per node; the head coordinates, the other node runs
+    its engine --headless from rank 1; planned per replica before sbatch."""
+    llama_8b = json.loads((ROOT / "tests/fixtures/models/llama-3.1-8b/config.json").read_text())
+    rc, out = slurm_play(
+        tmp_path,
+        multinode_backend="mp",
+        vllm_serve_data_parallel_size=2,
+        multinode_model="meta-llama/Llama-3.1-8B-Instruct",
+        validate_model_config=llama_8b,
+    )
+    assert rc != 0 and "squeue" in out, out[-3000:]  # written, then stopped at the queue (no SLURM here)
+    assert "DP 2 x TP 8 x PP 1 on 2 nodes x 8 GPUs" in out, out[-3000:]
+    script = (tmp_path / "work" / "multinode-vllm.sbatch").read_text()
+    assert '"--tensor-parallel-size" "8"' not in script  # the args are quoted one by one, as rendered below
+    assert "--tensor-parallel-size 8 --pipeline-parallel-size 1" in script.replace("'", "")
+    assert '--data-parallel-size 2 --data-parallel-size-local "$DP_LOCAL"' in script and "DP_LOCAL=1" in script
+    assert '--data-parallel-address "$HEAD_IP" --data-parallel-rpc-port 29550' in script
+    assert "echo --headless --data-parallel-start-rank $((rank * DP_LOCAL))" in script
+    assert "--nnodes" not in script
+
+
+@pytest.mark.parametrize(
+    ("nodes", "gpus", "dp", "tp", "pp", "words"),
+    [
+        (2, 8, 3, "", "", "does not spread evenly over 2 nodes"),
+        (2, 8, 2, 4, "", "1 replicas of TP 4 x PP 1 on each node need 4 GPUs, the job's nodes have 8"),
+    ],
+)
+def test_a_data_parallel_layout_that_does_not_fill_the_nodes_says_so(
+    nodes: int, gpus: int, dp: int, tp: Any, pp: Any, words: str
+) -> None:
+    problem = _slurm.parallel_layout(nodes, gpus, tp, pp, dp)["problem"]
+    assert words in problem and "Fix:" in problem, problem
+    ok = _slurm.parallel_layout(2, 8, "", "", 4)
+    assert (
+        ok["problem"],
+        ok["data_parallel_size_local"],
+        ok["tensor_parallel_size"],
+        ok["pipeline_parallel_size"],
+    ) == (
+        "",
+        2,
+        4,
+        1,
+    )
 
 
 @pytest.mark.parametrize(
