@@ -16,6 +16,8 @@ import json
 import os
 import subprocess
 import sys
+import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,3 +170,37 @@ def test_a_killed_engine_is_healed_by_one_rerun(run_ansible: Callable[..., Any])
     again = run_ansible("ansible-playbook", "-i", INVENTORY, "site.yml", "-e", json.dumps(change), timeout=1200)
     changed = {m[0]: int(m[2]) for m in RECAP.findall(again.stdout)}
     assert again.returncode == 0 and set(changed.values()) == {0}, changed
+
+
+def test_prometheus_records_the_running_requests_of_every_engine(run_ansible: Callable[..., Any]) -> None:
+    """The monitoring role on this DP 2 bed: every target up, and the running-requests rule (what
+    `status` shows) has one series per engine, from the head's /metrics (engine 1 runs on node2)."""
+    change = {
+        **DP,
+        "vllm_serve_max_num_seqs": 3,  # the settings the previous tests left
+        "monitoring_scrape_interval": "2s",
+        "monitoring_evaluation_interval": "2s",
+    }
+    proc = run_ansible(
+        "ansible-playbook", "-i", INVENTORY, "playbooks/monitoring.yml", "-e", json.dumps(change), timeout=1200
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "targets (vllm, ray, node)" in " ".join(proc.stdout.split()), proc.stdout[-3000:]
+    # Prometheus listens on the head's control address (a cluster member asks: the firewall keeps it to them)
+    head = on_node(1, "ip -4 -o addr show bond0").stdout.split()[3].split("/")[0]
+
+    def query(promql: str) -> list[dict[str, Any]]:
+        url = f"http://{head}:9090/api/v1/query?query={urllib.parse.quote(promql)}"
+        answer = json.loads(on_node(1, f"curl -sf --max-time 10 '{url}'").stdout)
+        assert answer["status"] == "success", answer
+        return list(answer["data"]["result"])
+
+    assert {r["value"][1] for r in query("up")} == {"1"}
+    deadline, engines = time.monotonic() + 60, set()
+    while time.monotonic() < deadline:
+        engines = {r["metric"]["engine"] for r in query("multinode_vllm:requests_running")}
+        if engines == {"0", "1"}:
+            break
+        time.sleep(2)
+    print(f"[ray dp2] Prometheus: multinode_vllm:requests_running for engines {sorted(engines)}")
+    assert engines == {"0", "1"}
