@@ -7,7 +7,10 @@ the other:
 1. a worker's Ray killed and kept down (SIGKILL, then ``systemctl stop``);
 2. vLLM killed (SIGKILL of its main PID; systemd's Restart=on-failure races the rerun);
 3. a node stopped and started again (``podman stop`` / ``podman start``: IPs and enabled units kept);
-4. the head's Ray killed (SIGKILL; systemd restarts it as a new, empty cluster);
+4. the head's Ray killed (SIGKILL; systemd restarts it as a new, empty cluster: status reports Ray
+   incomplete, the head's unit or vLLM's /health, unless systemd has healed the group before a
+   status run could look, which is accepted only with the evidence: healthy, and the head's Ray and
+   vLLM both started again after the kill);
 5. a play interrupted mid-phase, twice: right after the serve phase converged a changed vllm unit,
    and right after the cluster phase converged a changed ray-worker unit (Ctrl-C; a second Ctrl-C
    and SIGKILL when ansible-playbook swallows the first, as it can): the unit and its process agree
@@ -319,10 +322,26 @@ def test_fault_3_node_stopped_and_started(story: FaultStory) -> None:
 
 def test_fault_4_head_ray_killed(story: FaultStory) -> None:
     rec = begin(story, "4 head Ray killed (SIGKILL)")
+    before = {k: story.unit_start(*k) for k in ((1, "ray-head"), (1, "vllm"))}
     t0 = time.monotonic()
     story.node_sh(1, "systemctl kill --signal=SIGKILL ray-head")
-    # systemd restarts the head within 5 s as a new, empty Ray cluster: the worker and vLLM are lost
-    wait_reported(story, rec, t0, lambda rc, s: problems_match(s, r"^(Ray: |node1: ray-head is )"))
+
+    # systemd restarts the head within 5 s as a new, empty Ray cluster: the worker and vLLM are lost.
+    # Status says so while it lasts: Ray incomplete, the head's unit, or vLLM's /health (the loss's
+    # consequence). On a loaded machine one status run (about 30 s) can miss all of it: the worker's
+    # Ray rejoins (Restart=always) and vLLM restarts on the new cluster (Restart=on-failure). That
+    # is accepted only with the evidence: status healthy, and both the head's Ray and vLLM started
+    # again after the kill.
+    def reported_or_healed(rc: int, s: dict[str, Any]) -> bool:
+        if problems_match(s, r"^(Ray: |node1: ray-head is |vLLM: /health answered (?!200))"):
+            return True
+        restarted = {k: story.unit_start(*k) for k in before}
+        healed = s.get("healthy") is True and all(v not in ("", "0", before[k]) for k, v in restarted.items())
+        if healed:
+            rec["healed_by_itself"] = {f"node{k[0]} {k[1]}": [before[k], v] for k, v in restarted.items()}
+        return healed
+
+    wait_reported(story, rec, t0, reported_or_healed)
     converged(story, rec)
     rec["passed"] = True
 
