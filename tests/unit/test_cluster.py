@@ -82,6 +82,9 @@ def test_host_values_fill_defaults_skip_optional_and_hide_secrets() -> None:
     }
     defaults = {"port": 8000, "tp": "{{ facts }}", "key": "", "token": ""}
     got = host_values({"n1": {"port": 9000, "key": 314159}, "n2": {"tp": 4, "token": "s3cret"}}, rules, defaults)
+    # each secret's salted digest of this run: equal values have equal ones (both "" here), never the value
+    digests = {(h, v): got[h][v].pop("digest") for h in got for v in ("key", "token")}
+    assert digests[("n1", "token")] == digests[("n2", "key")] and len(set(digests.values())) == 3
     assert got == {
         "n1": {
             "port": 9000,
@@ -316,6 +319,8 @@ all:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     msg = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
     got = json.loads(msg) if isinstance(msg, str) else msg
+    digests = {h: v["multinode_api_key"].pop("digest") for h, v in got["values"].items()}
+    assert digests["node2"] == digests["node3"] != digests["node1"]  # salted: equal values, equal digests
     assert got["values"] == {
         "node1": {"multinode_vllm_port": 8001, "multinode_api_key": {"secret_type": "number", "empty": False}},
         # a template naming an undefined variable reads as unset: checked at the default
