@@ -143,7 +143,12 @@ def test_slurm_job_serves_both_backends_idempotently(
 
     # data parallel on the mp backend: one replica per compute node (DP 2, TP 1, PP 1); a new job whose
     # engines both serve (the head's /metrics counts requests per engine)
-    dp = {"multinode_backend": "mp", "vllm_serve_data_parallel_size": 2}
+    dp = {
+        "multinode_backend": "mp",
+        "vllm_serve_data_parallel_size": 2,
+        "vllm_serve_tensor_parallel_size": 1,  # the bed's group_vars give PP 2 for the one-replica jobs
+        "vllm_serve_pipeline_parallel_size": 1,
+    }
     _, out = play(run_ansible, bed, "playbooks/slurm.yml", phase="submit (mp, data parallel 2)", extra=dp)
     dp_job, how, _, backend = job_of(out)
     assert (how, backend) == ("submitted", "mp") and int(dp_job) > int(mp_job)
