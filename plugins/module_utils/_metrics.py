@@ -152,13 +152,17 @@ def dynamo_frontend_metrics(text: str) -> dict[str, float]:
     return out
 
 
+def _engines_kv_usage(engines: dict[str, dict[str, float]]) -> float | None:
+    usage = [rec["kv_cache_usage"] for rec in engines.values() if "kv_cache_usage" in rec]
+    return round(sum(usage) / len(usage), 4) if usage else None
+
+
 def kv_cache_usage(text: str) -> float | None:
     """The KV-cache usage (0..1) one /metrics read shows: vLLM's engines averaged, or Dynamo's
     active decode blocks over the workers' total blocks; None when the body has neither."""
-    engines = engine_metrics(text) if "vllm:" in text else {}
-    usage = [rec["kv_cache_usage"] for rec in engines.values() if "kv_cache_usage" in rec]
-    if usage:
-        return round(sum(usage) / len(usage), 4)
+    usage = _engines_kv_usage(engine_metrics(text) if "vllm:" in text else {})
+    if usage is not None:
+        return usage
     dyn = dynamo_frontend_metrics(text)
     if dyn.get("total_kv_blocks") and "active_kv_blocks" in dyn:
         return round(dyn["active_kv_blocks"] / dyn["total_kv_blocks"], 4)
@@ -190,7 +194,7 @@ def load_summary(before: str, after: str, seconds: float, peak_kv: float | None 
             "source": "vllm",
             "engines": len(new),
             "requests": int(delta("success")),
-            "kv_cache_usage": kv_cache_usage(after),
+            "kv_cache_usage": _engines_kv_usage(new),  # `after`, parsed once
             "kv_cache_usage_peak": peak_kv,
             "prefix_cache_hit_rate": _ratio(delta("prefix_cache_hits"), delta("prefix_cache_queries")),
             "output_tokens_per_s": round(delta("generation_tokens") / seconds, 1),

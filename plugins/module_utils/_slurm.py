@@ -133,6 +133,11 @@ def option_problems(opts: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _size(value: Any, default: int) -> int:
+    """A parallel size the inventory gave (empty or 0: not given, the default)."""
+    return int(value) if value not in (None, "", 0) else default
+
+
 def parallel_layout(
     nodes: int,
     gpus_per_node: int,
@@ -147,13 +152,13 @@ def parallel_layout(
     ``problem`` is empty when DP x TP x PP is the job's GPU count (and a replica fits one node);
     else one sentence with the numbers and the fix.
     """
-    dp = int(data_parallel_size) if data_parallel_size not in (None, "", 0) else 1
+    dp = _size(data_parallel_size, 1)
     gpus = nodes * gpus_per_node
     if dp > 1:
         local = dp // nodes if dp % nodes == 0 else 0
-        pp = int(pipeline_parallel_size) if pipeline_parallel_size not in (None, "", 0) else 1
+        pp = _size(pipeline_parallel_size, 1)
         default_tp = gpus_per_node // (local * pp) if local and gpus_per_node % (local * pp) == 0 else 1
-        tp = int(tensor_parallel_size) if tensor_parallel_size not in (None, "", 0) else default_tp
+        tp = _size(tensor_parallel_size, default_tp)
         problem = ""
         if not local:
             problem = (
@@ -175,8 +180,8 @@ def parallel_layout(
             "gpus": gpus,
             "problem": problem,
         }
-    tp = int(tensor_parallel_size) if tensor_parallel_size not in (None, "", 0) else gpus_per_node
-    pp = int(pipeline_parallel_size) if pipeline_parallel_size not in (None, "", 0) else nodes
+    tp = _size(tensor_parallel_size, gpus_per_node)
+    pp = _size(pipeline_parallel_size, nodes)
     problem = ""
     if tp * pp != gpus:
         problem = (
