@@ -182,4 +182,27 @@ def test_mp_backend_serves_data_parallel_2_one_engine_per_node(
     recap, _ = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (rerun)", extra=DP)
     assert set(recap.values()) == {0}, recap
 
+    # engine 1 killed (SIGKILL of EngineCore_DP1 on node2, the headless node): the head's /health stays
+    # 200, so the rerun's probe sends requests to every engine, finds engine 1 silent (or systemd
+    # already restarted node2's vLLM: a member started after the head's), restarts the group, and the
+    # gate sees both engines serve; the next rerun changes nothing
+    head_started = started(bed, 1)
+    killed = sh(
+        bed,
+        2,
+        "pids=$(ps -eo pid=,args= | awk '/EngineCore_DP1/ && !/awk/ {print $1}'); "
+        '[ -n "$pids" ] && kill -9 $pids && echo killed $pids',
+    )
+    assert "killed" in killed, sh(bed, 2, "ps -eo pid,args")[-2000:]
+    _, healed = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (engine 1 killed)", extra=DP)
+    flat = " ".join(healed.split())
+    by_probe = "a data-parallel engine does not serve" in flat
+    assert by_probe or "node2 vllm started after vLLM" in flat, healed[-4000:]
+    print(f"[mp dp recovery] found by {'the engine probe' if by_probe else 'the start times'}")
+    assert "every engine served" in healed, healed[-3000:]
+    assert started(bed, 1) > head_started, "the head's vLLM was not restarted"
+    every_engine_serves(f"http://{bed.node(1).mgmt_ip}:8000", lambda: chat(bed), label="mp dp2 after a killed engine")
+    recap, _ = play(run_ansible, bed, "site.yml", phase="site.yml data parallel 2 (rerun after the heal)", extra=DP)
+    assert set(recap.values()) == {0}, recap
+
     print(f"[mp phases] {json.dumps(PHASES)}")
