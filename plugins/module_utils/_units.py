@@ -273,8 +273,23 @@ _STALE_WHY = {
 }
 
 
-def parse_shm(df_stdout: str, need: int, error: str = "") -> dict[str, Any]:
-    """``df --block-size=1 --output=size,used,avail /dev/shm`` -> size, used, free, need, full."""
+def parse_shm(df_stdout: str | dict[str, Any], need: int, error: str = "") -> dict[str, Any]:
+    """``df --block-size=1 --output=size,used,avail /dev/shm`` -> size, used, free, need, full.
+
+    Or node_setup's ``shm`` (a mapping of size, used and avail in bytes, or an error).
+    """
+    if isinstance(df_stdout, dict):
+        usage = df_stdout
+        if usage.get("error") or not all(isinstance(usage.get(k), int) for k in ("size", "used", "avail")):
+            return {"error": str(usage.get("error") or error or "/dev/shm could not be read"), "full": False}
+        free = int(usage["avail"])
+        return {
+            "size": int(usage["size"]),
+            "used": int(usage["used"]),
+            "free": free,
+            "need": int(need),
+            "full": free < int(need),
+        }
     lines = (df_stdout or "").splitlines()
     fields = lines[1].split() if len(lines) > 1 else []
     if len(fields) != 3 or not all(f.isdigit() for f in fields):

@@ -265,6 +265,13 @@ def test_node_status_problems() -> None:
     assert st["problems"][1].startswith("node1: the ray-head unit changed on disk since it started")
     assert st["problems"][2].startswith("node1: /dev/shm has 70 MiB free of 1024 MiB, Ray and vLLM need 512 MiB")
     assert _units.parse_shm("", 1, "df: no") == {"error": "df: no", "full": False}
+    # node_setup's statvfs read gives the same record as df
+    usage = {"size": 1073741824, "used": 1000000000, "avail": 73741824}
+    assert _units.parse_shm(usage, 536870912) == shm
+    assert _units.parse_shm({"error": "/dev/shm: No such file or directory"}, 1) == {
+        "error": "/dev/shm: No such file or directory",
+        "full": False,
+    }
 
 
 def test_cluster_status() -> None:
