@@ -51,6 +51,15 @@ options:
         nothing is written or restarted and the call fails with its output. Run only when the
         content differs from the file on the node.
     type: str
+  verify:
+    description:
+      - A command (a read) run after the unit is in place, whose result the call returns as
+        RV(verify), for example C(nft list table inet multinode_vllm) for a oneshot unit whose effect
+        can be undone behind its back (a flushed ruleset) while systemd still says active.
+      - When it fails on a unit this call left running, the unit is restarted once (the reason is
+        in RV(reasons)) and the command runs again; RV(verify) is the second answer. Not run in
+        check mode.
+    type: str
   restart:
     description: Restart the unit even when nothing changed (a member it depends on restarted).
     type: bool
@@ -91,6 +100,10 @@ files_changed:
   type: list
   elements: str
   returned: always
+verify:
+  description: The O(verify) command's C(rc), C(stdout) and C(stderr) (the last run).
+  type: dict
+  returned: when O(verify) is given and not in check mode
 """
 
 import os
@@ -185,6 +198,11 @@ def validate(module, command, path, content):
         )
 
 
+def run_verify(module, command):
+    rc, out, err = module.run_command(shlex.split(command), check_rc=False)
+    return dict(rc=rc, stdout=out, stderr=err)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -193,6 +211,7 @@ def main():
             env=dict(type="str", required=True, no_log=True, aliases=["config"]),
             env_path=dict(type="path", required=True, aliases=["config_path"]),
             validate=dict(type="str"),
+            verify=dict(type="str"),
             restart=dict(type="bool", default=False),
             restart_reason=dict(type="str", default="asked to restart"),
         ),
@@ -252,6 +271,22 @@ def main():
                     files_changed=files_changed,
                 )
 
+    verified = None
+    if p["verify"] and not module.check_mode:
+        verified = run_verify(module, p["verify"])
+        if verified["rc"] != 0 and action == "none":
+            reasons.append("%s failed on the running unit: %s" % (p["verify"], verified["stderr"].strip()[:200]))
+            action, changed = "restarted", True
+            rc, _out, err = systemctl(module, "restart", "%s.service" % name)
+            if rc != 0:
+                module.fail_json(
+                    msg="systemctl restart %s failed: %s; look at `journalctl -u %s`" % (name, err.strip(), name),
+                    action=action,
+                    reasons=reasons,
+                    files_changed=files_changed,
+                )
+            verified = run_verify(module, p["verify"])
+
     result = dict(
         changed=changed,
         action=action,
@@ -275,6 +310,8 @@ def main():
                 after="(%d bytes, mode 0600: not shown)\n" % len(env_new.encode("utf-8")),
             ),
         ]
+    if verified is not None:
+        result["verify"] = verified
     module.exit_json(**result)
 
 

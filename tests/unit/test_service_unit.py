@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -90,3 +91,55 @@ def test_an_unchanged_ruleset_is_not_validated_again(node: Path, capsys: pytest.
     (node / "etc" / "fw.nft").write_text("table inet fw {\n}\n")
     run_main(args(node, "table inet fw {\n}"), capsys)
     assert "fake-nft" not in (node / "calls").read_text()
+
+
+def running_node(node: Path, ruleset: str) -> None:
+    """The unit and its ruleset already in place and running since after they were written; a
+    `systemctl restart` (re)loads the table (the file `loaded`), which `fake-list` reads."""
+    (node / "etc" / "fw.service").write_text("[Service]\nExecStart=/usr/sbin/nft -f /etc/fw.nft\n")
+    (node / "etc" / "fw.nft").write_text(ruleset + "\n")
+    (node / "etc" / "fw.nft").chmod(0o600)
+    calls = node / "calls"
+    since = int(time.time()) + 60
+    (node / "bin" / "systemctl").write_text(
+        f'#!/bin/sh\necho "systemctl $*" >> {calls}\n'
+        'if [ "$1" = show ]; then printf "ActiveState=active\\nSubState=exited\\nNeedDaemonReload=no\\n'
+        f'ActiveEnterTimestamp=@{since}\\nFragmentPath={node}/etc/fw.service\\nNRestarts=0\\n"; fi\n'
+        'if [ "$1" = is-enabled ]; then echo enabled; fi\n'
+        f'if [ "$1" = restart ]; then touch {node}/loaded; fi\n'
+    )
+    (node / "bin" / "fake-list").write_text(
+        f'#!/bin/sh\necho "fake-list $*" >> {calls}\n'
+        f'[ -e {node}/loaded ] && {{ echo "table inet fw {{ chain input {{ }} }}"; exit 0; }}\n'
+        'echo "Error: No such file or directory" >&2; exit 1\n'
+    )
+    (node / "bin" / "fake-list").chmod(0o755)
+
+
+def test_verify_reads_the_loaded_table_in_the_same_call(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    running_node(node, "table inet fw {\n}")
+    (node / "loaded").touch()
+    out = run_main({**args(node, "table inet fw {\n}"), "verify": "fake-list table inet fw"}, capsys)
+    assert out["changed"] is False and out["action"] == "none", out
+    assert out["verify"]["rc"] == 0 and "chain input" in out["verify"]["stdout"]
+    assert "systemctl restart" not in (node / "calls").read_text()
+
+
+def test_a_table_flushed_behind_the_running_unit_is_loaded_again(
+    node: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    running_node(node, "table inet fw {\n}")  # active, files unchanged, but the table is gone
+    out = run_main({**args(node, "table inet fw {\n}"), "verify": "fake-list table inet fw"}, capsys)
+    assert out["changed"] is True and out["action"] == "restarted", out
+    assert out["reasons"] == ["fake-list table inet fw failed on the running unit: Error: No such file or directory"]
+    assert out["verify"]["rc"] == 0 and "chain input" in out["verify"]["stdout"]
+    calls = (node / "calls").read_text().splitlines()
+    assert calls.count("fake-list table inet fw") == 2 and "systemctl restart fw.service" in calls
+
+
+def test_verify_is_not_run_in_check_mode(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    running_node(node, "table inet fw {\n}")
+    a = {**args(node, "table inet fw {\n}"), "verify": "fake-list table inet fw", "_ansible_check_mode": True}
+    out = run_main(a, capsys)
+    assert "verify" not in out and out["changed"] is False
+    assert "fake-list" not in (node / "calls").read_text()
