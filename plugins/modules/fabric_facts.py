@@ -54,6 +54,25 @@ options:
     description: Root of procfs, where the ephemeral port range is read (the cluster firewall protects it).
     type: path
     default: /proc
+  ib:
+    description:
+      - Also read the InfiniBand HCAs, as M(multinode.vllm.ib_facts) does, into
+        C(ansible_facts.multinode_ib) (one round trip for both). When they cannot be summarized,
+        C(multinode_ib) is left unset and RV(ib_error) says why (ib_facts then reports it).
+    type: bool
+    default: false
+  ib_sysfs_root:
+    description: Root of sysfs where the HCAs are read (tests point it at a fixture tree).
+    type: path
+    default: /sys
+  ib_hca_prefix:
+    description: Only HCAs whose name starts with this count (C(mlx5)).
+    type: str
+    default: mlx5
+  ib_min_rate_gbps:
+    description: Active ports slower than this are not counted (0 counts every active port).
+    type: int
+    default: 0
 """
 
 EXAMPLES = r"""
@@ -101,6 +120,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._fabric import (
     parse_ip_addr,
     select_fabric,
 )
+from ansible_collections.multinode.vllm.plugins.module_utils._ib import IbError, read_hcas, summarize
 
 
 def _speeds(sysfs_root, names):
@@ -136,6 +156,10 @@ def main():
             ip_binary=dict(type="path", default="ip"),
             sysfs_root=dict(type="path", default="/sys"),
             procfs_root=dict(type="path", default="/proc"),
+            ib=dict(type="bool", default=False),
+            ib_sysfs_root=dict(type="path", default="/sys"),
+            ib_hca_prefix=dict(type="str", default="mlx5"),
+            ib_min_rate_gbps=dict(type="int", default=0),
         ),
         supports_check_mode=True,
     )
@@ -159,7 +183,18 @@ def main():
             fabric["ip_local_port_range"] = handle.read().strip()
     except OSError:
         fabric["ip_local_port_range"] = ""
-    module.exit_json(changed=False, ansible_facts={"multinode_fabric": fabric})
+    facts = {"multinode_fabric": fabric}
+    result = {}
+    if module.params["ib"]:
+        try:
+            facts["multinode_ib"] = summarize(
+                read_hcas(module.params["ib_sysfs_root"]),
+                hca_prefix=module.params["ib_hca_prefix"],
+                min_rate_gbps=module.params["ib_min_rate_gbps"],
+            )
+        except IbError as exc:
+            result["ib_error"] = str(exc)
+    module.exit_json(changed=False, ansible_facts=facts, **result)
 
 
 if __name__ == "__main__":

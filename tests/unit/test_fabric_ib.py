@@ -234,3 +234,21 @@ def test_ib_main(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert ok["ansible_facts"]["multinode_ib"]["nccl_ib_hca"] == "mlx5_0,mlx5_1"
     bad = run_module(ib_facts, {"sysfs_root": str(tmp_path), "require_active_ports": 2, "min_rate_gbps": 400}, capsys)
     assert bad["failed"] is True and "below min_rate_gbps=400" in bad["msg"]
+
+
+def test_fabric_main_reads_the_infiniband_ports_in_the_same_call(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # one round trip for the fabric and the HCAs: the same facts as ib_facts gives
+    ib_root = tmp_path / "ib"
+    write_tree(ib_root, hcas=4, rate_gbps=400, overrides={"mlx5_2": {"rate_gbps": 200}})
+    ip = fake_ip(tmp_path, DROPLET, DEFAULT)
+    both = run_module(
+        fabric_facts, {"ip_binary": ip, "ib": True, "ib_sysfs_root": str(ib_root), "ib_min_rate_gbps": 400}, capsys
+    )
+    alone = run_module(ib_facts, {"sysfs_root": str(ib_root), "min_rate_gbps": 400}, capsys)
+    assert both["ansible_facts"]["multinode_ib"] == alone["ansible_facts"]["multinode_ib"]
+    assert both["ansible_facts"]["multinode_ib"]["nccl_ib_hca"] == "mlx5_0,mlx5_1,mlx5_3"
+    assert both["ansible_facts"]["multinode_fabric"]["control_ip"]
+    without = run_module(fabric_facts, {"ip_binary": ip}, capsys)
+    assert "multinode_ib" not in without["ansible_facts"]
