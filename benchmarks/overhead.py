@@ -467,6 +467,21 @@ def converge(inventory: str | Path, extra_vars: Mapping[str, Any] | None = None)
     return doc
 
 
+ROUND_KEYS = ("first_s", "rerun_s", "by_hand_s", "first_changed", "rerun_changed")
+
+
+def median_rounds(rounds: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Alternated rounds (first run, rerun, by hand): each round's figures, the times' medians (the
+    machine's noise is larger than one run can tell), and the largest changed= of the reruns."""
+    out: dict[str, Any] = {"rounds": [{k: r[k] for k in ROUND_KEYS if k in r} for r in rounds]}
+    for key in ("first_s", "rerun_s", "by_hand_s"):
+        values = [r[key] for r in rounds if key in r]
+        if values:
+            out[key] = round(statistics.median(values), 2)
+    out["rerun_changed"] = max(int(r.get("rerun_changed") or 0) for r in rounds)
+    return out
+
+
 def ssh_argv(hv: Mapping[str, Any], host: str) -> list[str]:
     """ssh to a node the way the inventory says Ansible does."""
     argv = [
@@ -796,6 +811,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="default %(default)s")
     p.add_argument("--skip-hand", action="store_true", help="no by-hand start (without --throughput)")
     p.add_argument(
+        "--repeat",
+        type=_positive,
+        default=1,
+        help="rounds of first run, rerun and by hand, alternated; the medians are reported (default %(default)s)",
+    )
+    p.add_argument(
         "--no-converge",
         action="store_true",
         help="no 2-node converge timings: --throughput against the bed as it is, left serving",
@@ -866,16 +887,25 @@ def main(argv: list[str] | None = None) -> int:
 def measure(args: argparse.Namespace, doc: dict[str, Any]) -> None:
     """Every part the flags ask for, in order, into doc."""
     if not args.no_converge:
-        doc.update(converge(args.inventory))
+        rounds = []
+        for i in range(args.repeat):
+            if args.repeat > 1:
+                print(f"overhead: round {i + 1} of {args.repeat}", file=sys.stderr)
+            r = converge(args.inventory)
+            # --throughput times its own by-hand start after the last round
+            if not args.skip_hand and (i < args.repeat - 1 or not args.throughput):
+                r["by_hand_s"] = round(by_hand(args.inventory, args.ready_timeout), 2)
+            rounds.append(r)
+        doc.update(rounds[-1])  # the last round's runs, changed and task counts
+        if args.repeat > 1:
+            doc.update(median_rounds(rounds))
     if args.throughput:
         d = read_deployment(args.inventory)
         s = bench_settings(args, d.hv)
         doc["throughput"] = throughput(d, s, args.throughput_runs, args.ready_timeout, args.bench_timeout)
-        doc["by_hand_s"] = doc["throughput"]["hand_start_s"][0]
+        doc.setdefault("by_hand_s", doc["throughput"]["hand_start_s"][0])
         if args.no_converge:  # leave the bed as found: serving through its units
             start_units(d, args.ready_timeout)
-    elif not args.skip_hand and not args.no_converge:
-        doc["by_hand_s"] = round(by_hand(args.inventory, args.ready_timeout), 2)
     if not args.no_converge:
         timed_run(args.inventory, "playbooks/teardown.yml")
     if args.nodes_compare:

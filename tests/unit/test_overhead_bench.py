@@ -446,3 +446,27 @@ def test_ray_gate_timeout_says_what_the_query_answered(monkeypatch: pytest.Monke
     d = overhead.Deployment("node1", (), {"node1": {}}, (["/v/bin/ray"], None), {}, ([], None), Endpoint("x"))
     with pytest.raises(SystemExit, match=r"sees 0 of 1 nodes after 0 s \(last query: no node list"):
         overhead.wait_ray_nodes(d, 1, 0.2)
+
+
+def test_repeat_alternates_rounds_and_reports_the_medians(monkeypatch: pytest.MonkeyPatch) -> None:
+    order: list[str] = []
+    firsts, reruns, hands = iter([50.0, 70.0, 48.0]), iter([18.0, 25.0, 17.0]), iter([31.0, 42.0, 40.0])
+
+    def fake_converge(inventory: str, extra_vars: Any = None) -> dict[str, Any]:
+        order.append("converge")
+        return {"first_s": next(firsts), "rerun_s": next(reruns), "first_changed": 3, "rerun_changed": 0}
+
+    def fake_by_hand(inventory: str, timeout: float = 600) -> float:
+        order.append("hand")
+        return next(hands)
+
+    monkeypatch.setattr(overhead, "converge", fake_converge)
+    monkeypatch.setattr(overhead, "by_hand", fake_by_hand)
+    monkeypatch.setattr(overhead, "timed_run", lambda *a, **k: (1.0, {}))
+    doc: dict[str, Any] = {}
+    overhead.measure(overhead.parse_args(["--repeat", "3"]), doc)
+    assert order == ["converge", "hand"] * 3
+    assert (doc["first_s"], doc["rerun_s"], doc["by_hand_s"]) == (50.0, 18.0, 40.0)
+    assert [r["first_s"] for r in doc["rounds"]] == [50.0, 70.0, 48.0] and doc["rerun_changed"] == 0
+    overhead.summarize(doc)
+    assert doc["first_over_by_hand"] == 1.25 and doc["rerun_over_first"] == 0.36
