@@ -141,3 +141,43 @@ def compare(summary: dict[str, Any], expected_nodes: list[str], expected_gpus: f
     else:
         msg = f"Ray sees {summary['alive_count']} nodes and {summary['gpus']} GPUs"
     return {"ok": not problems, "missing": missing, "unexpected": unexpected, "msg": msg}
+
+
+EMPTY_SUMMARY: dict[str, Any] = {
+    "alive_nodes": [],
+    "alive_count": 0,
+    "dead_count": 0,
+    "node_ips": [],
+    "gpus": 0,
+    "object_store_bytes": 0,
+    "object_store_used_bytes": None,
+}
+
+
+def query_once(run: Any, argv: list[str]) -> tuple[dict[str, Any] | None, str]:
+    """One query through ``run(argv) -> (rc, stdout, stderr)``: (summary or None, error text)."""
+    rc, out, err = run(argv)
+    try:
+        return summarize(parse_nodes_output(out), parse_available_output(out)), ""
+    except (RayQueryError, ValueError) as exc:
+        tail = "\n".join((err or out or "").strip().splitlines()[-8:])
+        return None, f"rc={rc}: {exc} {tail}"
+
+
+def verdict(
+    summary: dict[str, Any] | None, error: str, address: str, expected_nodes: list[str], expected_gpus: float | None
+) -> dict[str, Any]:
+    """The result of one query as ``ray_cluster_info`` returns it (without changed/polls)."""
+    if summary is not None:
+        found = compare(summary, expected_nodes, expected_gpus)
+    else:
+        found = {
+            "ok": False,
+            "missing": list(expected_nodes),
+            "unexpected": [],
+            "msg": f"cannot query Ray at {address} ({error})",
+        }
+    result = dict(EMPTY_SUMMARY if summary is None else summary)
+    result.update(found)
+    result["reachable"] = summary is not None
+    return result

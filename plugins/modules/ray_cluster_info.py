@@ -141,24 +141,11 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.multinode.vllm.plugins.module_utils._ray import (
-    RayQueryError,
-    build_query_argv,
-    compare,
-    parse_available_output,
-    parse_nodes_output,
-    summarize,
-)
+from ansible_collections.multinode.vllm.plugins.module_utils._ray import build_query_argv, query_once, verdict
 
 
-def query(module, argv):
-    """One query: (summary or None, error text)."""
-    rc, out, err = module.run_command(argv, check_rc=False)
-    try:
-        return summarize(parse_nodes_output(out), parse_available_output(out)), ""
-    except (RayQueryError, ValueError) as exc:
-        tail = "\n".join((err or out or "").strip().splitlines()[-8:])
-        return None, "rc=%s: %s %s" % (rc, exc, tail)
+def run_command(module):
+    return lambda argv: module.run_command(argv, check_rc=False)
 
 
 def main():
@@ -185,35 +172,16 @@ def main():
     polls = 0
     while True:
         polls += 1
-        summary, error = query(module, argv)
-        if summary is not None:
-            verdict = compare(summary, p["expected_nodes"], p["expected_gpus"])
-        else:
-            verdict = {
-                "ok": False,
-                "missing": list(p["expected_nodes"]),
-                "unexpected": [],
-                "msg": "cannot query Ray at %s (%s)" % (p["address"], error),
-            }
-        if verdict["ok"] or time.monotonic() + p["poll_interval"] > deadline:
+        summary, error = query_once(run_command(module), argv)
+        result = verdict(summary, error, p["address"], p["expected_nodes"], p["expected_gpus"])
+        if result["ok"] or time.monotonic() + p["poll_interval"] > deadline:
             break
         time.sleep(max(p["poll_interval"], 1))
 
-    empty = {
-        "alive_nodes": [],
-        "alive_count": 0,
-        "dead_count": 0,
-        "node_ips": [],
-        "gpus": 0,
-        "object_store_bytes": 0,
-        "object_store_used_bytes": None,
-    }
-    result = dict(empty if summary is None else summary)
-    result.update(verdict)
-    result.update(changed=False, reachable=summary is not None, polls=polls)
-    if not verdict["ok"] and p["fail_on_missing"]:
+    result.update(changed=False, polls=polls)
+    if not result["ok"] and p["fail_on_missing"]:
         if p["wait_timeout"] > 0:
-            result["msg"] = "%s after %ss" % (verdict["msg"], p["wait_timeout"])
+            result["msg"] = "%s after %ss" % (result["msg"], p["wait_timeout"])
         module.fail_json(**result)
     module.exit_json(**result)
 

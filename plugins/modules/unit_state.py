@@ -42,6 +42,30 @@ options:
         elements: path
         default: []
 author: multinode.vllm developers (@multinode)
+  ray:
+    description:
+      - Also ask Ray which nodes are alive, as M(multinode.vllm.ray_cluster_info) does (one query,
+        never failing), when the unit O(ray.when_active) runs; the answer is RV(ray). Runs beside
+        the O(health_url) read (threads): one round trip for the head's whole probe.
+    type: dict
+    suboptions:
+      address: {description: "Ray's GCS address.", type: str, required: true}
+      python_cmd: {description: The python that has Ray., type: list, elements: str, default: [python3]}
+      expected_nodes: {description: The node IPs Ray must see., type: list, elements: str, default: []}
+      expected_gpus: {description: The GPUs Ray must see., type: float}
+      query_timeout: {description: Seconds the query may take., type: int, default: 30}
+      when_active: {description: The unit that must run for the query., type: str, default: ray-head}
+  health_url:
+    description: Also GET this URL (vLLM's /health) when the unit O(health_when_active) runs; RV(health).
+    type: str
+  health_when_active:
+    description: The unit that must run for the O(health_url) read.
+    type: str
+    default: vllm
+  health_timeout:
+    description: Seconds the O(health_url) read may take.
+    type: int
+    default: 10
 """
 
 EXAMPLES = r"""
@@ -81,9 +105,18 @@ now:
   description: The node's clock when it was read (seconds since the epoch), to tell a unit's age.
   type: int
   returned: always
+ray:
+  description: What Ray sees (the keys of M(multinode.vllm.ray_cluster_info)'s result), when O(ray) was queried.
+  type: dict
+  returned: when O(ray) is given and its unit runs
+health:
+  description: C(status) of the O(health_url) read (-1 without an answer) and C(msg).
+  type: dict
+  returned: when O(health_url) is given and its unit runs
 """
 
 import os
+import threading
 import time
 
 from ansible.module_utils.basic import AnsibleModule
@@ -95,6 +128,8 @@ from ansible_collections.multinode.vllm.plugins.module_utils._units import (
     systemd_state,
     unit_report,
 )
+from ansible_collections.multinode.vllm.plugins.module_utils._ray import build_query_argv, query_once, verdict
+from ansible.module_utils.urls import open_url
 
 
 def read_states(module, runtime, names):
@@ -115,6 +150,46 @@ def read_states(module, runtime, names):
     return parse_docker_inspect(out)
 
 
+def ask_ray(module, spec):
+    try:
+        argv = build_query_argv(spec["python_cmd"], spec["address"], spec["query_timeout"])
+    except ValueError as exc:
+        module.fail_json(msg=str(exc))
+    summary, error = query_once(lambda a: module.run_command(a, check_rc=False), argv)
+    return verdict(summary, error, spec["address"], spec["expected_nodes"], spec["expected_gpus"])
+
+
+def ask_health(url, timeout):
+    try:
+        resp = open_url(url, timeout=timeout, validate_certs=False)
+        return {"status": resp.getcode(), "msg": "OK"}
+    except Exception as exc:  # an HTTPError carries its code; anything else is no answer
+        code = getattr(exc, "code", None)
+        return {"status": code if isinstance(code, int) else -1, "msg": str(exc)}
+
+
+def probes(module, units):
+    """The Ray query and the health read, each only when its unit runs, at the same time."""
+    p = module.params
+    jobs = {}
+    ray = p["ray"]
+    if ray and (units.get(ray["when_active"]) or {}).get("active"):
+        jobs["ray"] = lambda: ask_ray(module, ray)
+    if p["health_url"] and (units.get(p["health_when_active"]) or {}).get("active"):
+        jobs["health"] = lambda: ask_health(p["health_url"], p["health_timeout"])
+    out = {}
+
+    def one(key):
+        out[key] = jobs[key]()
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in jobs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -128,6 +203,20 @@ def main():
                     files=dict(type="list", elements="path", default=[]),
                 ),
             ),
+            ray=dict(
+                type="dict",
+                options=dict(
+                    address=dict(type="str", required=True),
+                    python_cmd=dict(type="list", elements="str", default=["python3"]),
+                    expected_nodes=dict(type="list", elements="str", default=[]),
+                    expected_gpus=dict(type="float"),
+                    query_timeout=dict(type="int", default=30),
+                    when_active=dict(type="str", default="ray-head"),
+                ),
+            ),
+            health_url=dict(type="str"),
+            health_when_active=dict(type="str", default="vllm"),
+            health_timeout=dict(type="int", default=10),
         ),
         supports_check_mode=True,
     )
@@ -135,7 +224,9 @@ def main():
     names = [u["name"] for u in units]
     states = read_states(module, module.params["runtime"], names)
     files = file_mtimes([p for u in units for p in u["files"]])
-    module.exit_json(changed=False, now=int(time.time()), **unit_report(module.params["runtime"], units, states, files))
+    report = unit_report(module.params["runtime"], units, states, files)
+    report.update(probes(module, report.get("units") or {}))
+    module.exit_json(changed=False, now=int(time.time()), **report)
 
 
 if __name__ == "__main__":

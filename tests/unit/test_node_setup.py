@@ -20,6 +20,7 @@ from ansible_collections.multinode.vllm.plugins.modules import node_setup
 
 TOKEN = "s3cret-ray-token"
 
+
 def venv(tmp_path: Path, ray_version: str = "2.52.1", bins: tuple[str, ...] = ("ray", "vllm", "python")) -> Path:
     root = tmp_path / "venv"
     (root / "bin").mkdir(parents=True, exist_ok=True)

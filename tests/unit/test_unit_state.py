@@ -340,3 +340,97 @@ def test_the_hosts_path_and_the_slurm_job_take_ray_auth_from_one_rule() -> None:
         text = (root / role / "vars" / "main.yml").read_text()
         assert f"{backend} | multinode.vllm.ray_auth_env(" in text, role
         assert "'RAY_AUTH_MODE'" not in text, role
+
+
+RAY_NODES = [
+    {"Alive": True, "NodeManagerAddress": "10.0.0.11", "Resources": {"GPU": 1.0}},
+    {"Alive": True, "NodeManagerAddress": "10.0.0.12", "Resources": {"GPU": 1.0}},
+]
+
+
+def fake_ray_python(tmp_path: Path, nodes: list[dict[str, Any]]) -> str:
+    """A python that answers the Ray query's script with the given nodes (and logs its call)."""
+    script = tmp_path / "ray-python"
+    script.write_text(
+        f"#!/bin/sh\necho called >> {tmp_path}/ray-calls\n"
+        f"echo 'MNV_RAY_NODES {json.dumps(nodes)}'\n"
+        "echo 'MNV_RAY_AVAILABLE {\"object_store_memory\": 100.0}'\n"
+    )
+    script.chmod(0o755)
+    return str(script)
+
+
+@pytest.fixture
+def health_server() -> Any:
+    """vLLM's /health on loopback: 200, or what HEALTH['status'] says."""
+    import http.server
+    import threading
+
+    status = {"code": 200}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status["code"])
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/health", status
+    server.shutdown()
+
+
+def probe_args(tmp_path: Path, url: str, nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "runtime": "native",
+        "units": [{"name": "ray-head"}, {"name": "vllm"}],
+        "ray": {
+            "address": "10.0.0.11:6379",
+            "python_cmd": [fake_ray_python(tmp_path, nodes)],
+            "expected_nodes": ["10.0.0.11", "10.0.0.12"],
+            "expected_gpus": 2,
+        },
+        "health_url": url,
+    }
+
+
+def test_the_head_probe_reads_units_ray_and_health_in_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], health_server: Any
+) -> None:
+    url, status = health_server
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("active", T0)})
+    out = run_main(probe_args(tmp_path, url, RAY_NODES), capsys)
+    assert out["units"]["ray-head"]["active"] and out["units"]["vllm"]["active"]
+    assert out["ray"]["ok"] is True and out["ray"]["msg"] == "Ray sees 2 nodes and 2 GPUs"
+    assert out["ray"]["node_ips"] == ["10.0.0.11", "10.0.0.12"] and out["ray"]["reachable"] is True
+    assert out["health"]["status"] == 200
+    # a worker gone and vLLM unhealthy: the same answers ray_cluster_info and uri gave
+    status["code"] = 503
+    out = run_main(probe_args(tmp_path, url, RAY_NODES[:1]), capsys)
+    assert out["ray"]["ok"] is False and out["ray"]["missing"] == ["10.0.0.12"]
+    assert out["ray"]["msg"] == "Ray sees 1 of 2 nodes: 10.0.0.12 missing; Ray sees 1 of 2 GPUs"
+    assert out["health"]["status"] == 503
+
+
+def test_the_head_probe_asks_nothing_of_a_unit_that_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("failed", T0), "vllm": ("inactive", 0)})
+    out = run_main(probe_args(tmp_path, "http://127.0.0.1:9/health", RAY_NODES), capsys)
+    assert "ray" not in out and "health" not in out
+    assert not (tmp_path / "ray-calls").exists()
+
+
+def test_the_head_probe_reports_no_answer_as_minus_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("active", T0)})
+    args = probe_args(tmp_path, "http://127.0.0.1:9/health", RAY_NODES)  # the discard port: refused
+    args["ray"]["python_cmd"] = ["/bin/false"]
+    out = run_main(args, capsys)
+    assert out["health"]["status"] == -1
+    assert out["ray"]["reachable"] is False and out["ray"]["ok"] is False
+    assert out["ray"]["msg"].startswith("cannot query Ray at 10.0.0.11:6379 (rc=1")
