@@ -58,7 +58,7 @@ options:
     description:
       - Also read the InfiniBand HCAs, as M(multinode.vllm.ib_facts) does, into
         C(ansible_facts.multinode_ib) (one round trip for both). When they cannot be summarized,
-        C(multinode_ib) is left unset and RV(ib_error) says why (ib_facts then reports it).
+        C(multinode_ib) is left unset and C(ib_error) says why (ib_facts then reports it).
     type: bool
     default: false
   ib_sysfs_root:

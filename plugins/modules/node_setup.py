@@ -32,9 +32,8 @@ options:
     description: The venv that holds Ray and vLLM (native runtime); omit to skip the check.
     type: path
   token:
-    description: The Ray auth token (written to O(token_path)).
+    description: The Ray auth token (written to O(token_path); never logged).
     type: str
-    no_log: true
   token_path:
     description: Where the token goes; omit to write none.
     type: path
@@ -159,7 +158,7 @@ def main():
             venv=dict(type="path"),
             token=dict(type="str", no_log=True),
             token_path=dict(type="path", no_log=False),
-            token_min_ray_version=dict(type="str"),
+            token_min_ray_version=dict(type="str", no_log=False),
         ),
         required_together=[("token", "token_path")],
         supports_check_mode=True,

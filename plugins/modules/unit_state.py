@@ -41,20 +41,38 @@ options:
         type: list
         elements: path
         default: []
-author: multinode.vllm developers (@multinode)
   ray:
     description:
       - Also ask Ray which nodes are alive, as M(multinode.vllm.ray_cluster_info) does (one query,
         never failing), when the unit O(ray.when_active) runs; the answer is RV(ray). Runs beside
-        the O(health_url) read (threads): one round trip for the head's whole probe.
+        the O(health_url) read (threads), so the head's whole probe is one round trip.
     type: dict
     suboptions:
-      address: {description: "Ray's GCS address.", type: str, required: true}
-      python_cmd: {description: The python that has Ray., type: list, elements: str, default: [python3]}
-      expected_nodes: {description: The node IPs Ray must see., type: list, elements: str, default: []}
-      expected_gpus: {description: The GPUs Ray must see., type: float}
-      query_timeout: {description: Seconds the query may take., type: int, default: 30}
-      when_active: {description: The unit that must run for the query., type: str, default: ray-head}
+      address:
+        description: The GCS address of Ray.
+        type: str
+        required: true
+      python_cmd:
+        description: The python that has Ray.
+        type: list
+        elements: str
+        default: [python3]
+      expected_nodes:
+        description: The node IPs Ray must see.
+        type: list
+        elements: str
+        default: []
+      expected_gpus:
+        description: The GPUs Ray must see.
+        type: float
+      query_timeout:
+        description: Seconds the query may take.
+        type: int
+        default: 30
+      when_active:
+        description: The unit that must run for the query.
+        type: str
+        default: ray-head
   health_url:
     description: Also GET this URL (vLLM's /health) when the unit O(health_when_active) runs; RV(health).
     type: str
@@ -66,6 +84,7 @@ author: multinode.vllm developers (@multinode)
     description: Seconds the O(health_url) read may take.
     type: int
     default: 10
+author: multinode.vllm developers (@multinode)
 """
 
 EXAMPLES = r"""
