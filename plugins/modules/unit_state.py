@@ -169,11 +169,7 @@ def read_states(module, runtime, names):
     return parse_docker_inspect(out)
 
 
-def ask_ray(module, spec):
-    try:
-        argv = build_query_argv(spec["python_cmd"], spec["address"], spec["query_timeout"])
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
+def ask_ray(module, spec, argv):
     summary, error = query_once(lambda a: module.run_command(a, check_rc=False), argv)
     return verdict(summary, error, spec["address"], spec["expected_nodes"], spec["expected_gpus"])
 
@@ -193,7 +189,11 @@ def probes(module, units):
     jobs = {}
     ray = p["ray"]
     if ray and (units.get(ray["when_active"]) or {}).get("active"):
-        jobs["ray"] = lambda: ask_ray(module, ray)
+        try:  # checked here: fail_json in a thread would end the thread, not the module
+            argv = build_query_argv(ray["python_cmd"], ray["address"], ray["query_timeout"])
+        except ValueError as exc:
+            module.fail_json(msg=str(exc))
+        jobs["ray"] = lambda: ask_ray(module, ray, argv)
     if p["health_url"] and (units.get(p["health_when_active"]) or {}).get("active"):
         jobs["health"] = lambda: ask_health(p["health_url"], p["health_timeout"])
     out = {}

@@ -434,3 +434,13 @@ def test_the_head_probe_reports_no_answer_as_minus_one(
     assert out["health"]["status"] == -1
     assert out["ray"]["reachable"] is False and out["ray"]["ok"] is False
     assert out["ray"]["msg"].startswith("cannot query Ray at 10.0.0.11:6379 (rc=1")
+
+
+def test_the_head_probe_refuses_an_empty_python_before_asking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("inactive", 0)})
+    args = probe_args(tmp_path, "http://127.0.0.1:9/health", RAY_NODES)
+    args["ray"]["python_cmd"] = []
+    out = run_main(args, capsys)
+    assert out["failed"] is True and out["msg"].startswith("python_cmd is empty")
