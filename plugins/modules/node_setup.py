@@ -142,13 +142,17 @@ def write_token(path, token):
     """Atomically: a 0600 temporary file beside it, renamed over it."""
     fd, tmp = tempfile.mkstemp(prefix=".ray-auth-token.", dir=os.path.dirname(path))
     try:
-        os.fchmod(fd, 0o600)
-        os.fchown(fd, 0, 0)
-        os.write(fd, token.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
+        try:
+            os.fchmod(fd, 0o600)
+            os.fchown(fd, 0, 0)
+            os.write(fd, token.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+    except BaseException:
+        os.unlink(tmp)  # no half-written token left beside it
+        raise
 
 
 def main():
