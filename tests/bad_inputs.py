@@ -1595,14 +1595,19 @@ def parse_reports(stdout: str) -> dict[str, Any]:
 
 
 def failing_task(report: dict[str, Any]) -> tuple[str, str, str, str]:
-    """(play, task, host, msg) of the last failed result (a rescued failure is followed by its rescue's)."""
+    """(play, task, host, msg) of the last failed result (a rescued failure is followed by its rescue's).
+
+    A task that runs several checks (the validate phase's validate_cluster) names the one that
+    stopped the run in its result's ``check``: the task is then "<task name>: <check>".
+    """
     last = ("", "", "", "")
     unreachable = last
     for play in report.get("plays", []):
         for task in play.get("tasks", []):
             for host, result in (task.get("hosts") or {}).items():
                 if result.get("failed") and not result.get("ignore_errors"):
-                    last = (play["play"]["name"], task["task"]["name"], host, str(result.get("msg", "")))
+                    name = task["task"]["name"] + (f": {result['check']}" if result.get("check") else "")
+                    last = (play["play"]["name"], name, host, str(result.get("msg", "")))
                 elif result.get("unreachable") and not task["task"].get("ignore_unreachable"):
                     unreachable = (play["play"]["name"], task["task"]["name"], host, str(result.get("msg", "")))
     return last if last[1] else unreachable

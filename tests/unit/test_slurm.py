@@ -510,7 +510,9 @@ def test_the_validate_phase_checks_the_slurm_inventory_before_anything(
     """The variable checks of the hosts path run on the login host: a stop before the job's directory."""
     rc, out = slurm_play(tmp_path, **overrides)
     assert rc != 0
-    assert "TASK [multinode.vllm.validate : Stop if" in out and words in out, out[-3000:]
+    # the validate phase's one task names the check that stopped the run
+    assert "TASK [multinode.vllm.validate : Check the inventory" in out and "check: Stop if" in out, out[-3000:]
+    assert words in out, out[-3000:]
     assert "Fix:" in out and not (tmp_path / "work").exists()
 
 
