@@ -60,6 +60,14 @@ options:
         in RV(reasons)) and the command runs again; RV(verify) is the second answer. Not run in
         check mode.
     type: str
+  requires:
+    description:
+      - A command (a read) that must succeed before anything is written or started, for example
+        C(nft list tables) for a unit that loads a ruleset (the tool is installed and may change it).
+      - When it fails (or its program is missing), the call changes nothing and returns
+        RV(requirement) with C(met=false), without failing, so that the caller can install what is
+        missing and call again. Runs in check mode too.
+    type: str
   restart:
     description: Restart the unit even when nothing changed (a member it depends on restarted).
     type: bool
@@ -104,6 +112,12 @@ verify:
   description: The O(verify) command's C(rc), C(stdout) and C(stderr) (the last run).
   type: dict
   returned: when O(verify) is given and not in check mode
+requirement:
+  description:
+    - The O(requires) command's C(met) (it succeeded), C(rc), C(stdout) and C(stderr); when not met,
+      nothing else was done.
+  type: dict
+  returned: when O(requires) is given
 """
 
 import os
@@ -203,6 +217,15 @@ def run_verify(module, command):
     return dict(rc=rc, stdout=out, stderr=err)
 
 
+def run_requirement(module, command):
+    """The O(requires) command's answer; a missing program is an unmet requirement, not a crash."""
+    try:
+        rc, out, err = module.run_command(shlex.split(command), check_rc=False, handle_exceptions=False)
+    except OSError as exc:
+        rc, out, err = 127, "", str(exc)
+    return dict(met=rc == 0, rc=rc, stdout=out, stderr=err)
+
+
 def main():
     module = AnsibleModule(
         argument_spec=dict(
@@ -212,6 +235,7 @@ def main():
             env_path=dict(type="path", required=True, aliases=["config_path"]),
             validate=dict(type="str"),
             verify=dict(type="str"),
+            requires=dict(type="str"),
             restart=dict(type="bool", default=False),
             restart_reason=dict(type="str", default="asked to restart"),
         ),
@@ -219,6 +243,11 @@ def main():
     )
     p = module.params
     name = p["name"]
+    requirement = run_requirement(module, p["requires"]) if p["requires"] else None
+    if requirement is not None and not requirement["met"]:
+        module.exit_json(
+            changed=False, action="none", restarted=False, reasons=[], files_changed=[], requirement=requirement
+        )
     unit_file = unit_path(name)
     before = unit_state(module, name)
     # Drift is judged on the files as they were before this call (a file written now restarts anyway).
@@ -312,6 +341,8 @@ def main():
         ]
     if verified is not None:
         result["verify"] = verified
+    if requirement is not None:
+        result["requirement"] = requirement
     module.exit_json(**result)
 
 

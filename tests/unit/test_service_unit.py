@@ -143,3 +143,25 @@ def test_verify_is_not_run_in_check_mode(node: Path, capsys: pytest.CaptureFixtu
     out = run_main(a, capsys)
     assert "verify" not in out and out["changed"] is False
     assert "fake-list" not in (node / "calls").read_text()
+
+
+def test_an_unmet_requirement_changes_nothing_and_says_so(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # the program is missing (nft not installed): no crash, nothing written or started, met=false
+    out = run_main({**args(node, "table inet fw {\n}"), "requires": "no-such-nft list tables"}, capsys)
+    assert out.get("failed") is not True and out["changed"] is False and out["action"] == "none", out
+    assert out["requirement"]["met"] is False and out["requirement"]["rc"] == 127
+    assert "no-such-nft" in out["requirement"]["stderr"]
+    assert not (node / "etc" / "fw.nft").exists() and not (node / "etc" / "fw.service").exists()
+    assert (node / "calls").read_text() == ""
+    # the program answers but refuses (no CAP_NET_ADMIN): the same, with its stderr
+    (node / "bin" / "deny").write_text('#!/bin/sh\necho "Operation not permitted" >&2; exit 1\n')
+    (node / "bin" / "deny").chmod(0o755)
+    out = run_main({**args(node, "table inet fw {\n}"), "requires": "deny list tables"}, capsys)
+    assert out["requirement"] == {"met": False, "rc": 1, "stdout": "", "stderr": "Operation not permitted\n"}
+    assert "systemctl" not in (node / "calls").read_text()
+
+
+def test_a_met_requirement_goes_on_in_the_same_call(node: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_main({**args(node, "table inet fw {\n}"), "requires": "true"}, capsys)
+    assert out["requirement"]["met"] is True and out["action"] == "started", out
+    assert "systemctl start fw.service" in (node / "calls").read_text()
