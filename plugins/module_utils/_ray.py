@@ -17,29 +17,60 @@ MARKER = "MNV_RAY_NODES "
 #: The cluster's available resources (``ray.available_resources()``): the object store in use.
 AVAILABLE_MARKER = "MNV_RAY_AVAILABLE "
 
-# Run as ``python -c NODES_SCRIPT ADDRESS``. log_to_driver=False: no worker logs on stdout.
+# Run as ``python -c NODES_SCRIPT ADDRESS [EXPECTED_IPS_JSON EXPECTED_GPUS WAIT INTERVAL]``.
+# log_to_driver=False: no worker logs on stdout. With the expectation (a gate), one process
+# connects once and asks the GCS again every INTERVAL seconds until the alive nodes hold every
+# expected address and at least EXPECTED_GPUS GPUs (-1: any), or WAIT seconds pass; then it prints
+# the last answer. A new process per poll cost a Python start, `import ray` and `ray.init` (about
+# 1.5 s on the test bed) for every look. The module's verdict (``compare``) is the one that counts.
 NODES_SCRIPT = (
-    "import json, sys\n"
+    "import json, sys, time\n"
     "import ray\n"
     "ray.init(address=sys.argv[1], logging_level='ERROR', log_to_driver=False,"
     " configure_logging=False)\n"
     "try:\n"
-    "    print(" + repr(MARKER) + " + json.dumps(ray.nodes(), default=str), flush=True)\n"
+    "    want = json.loads(sys.argv[2]) if len(sys.argv) > 5 else None\n"
+    "    end = time.monotonic() + float(sys.argv[4]) if want is not None else 0\n"
+    "    while True:\n"
+    "        nodes = ray.nodes()\n"
+    "        alive = [n for n in nodes if isinstance(n, dict) and n.get('Alive', n.get('alive'))]\n"
+    "        ips = {str(n.get('NodeManagerAddress', '')) for n in alive}\n"
+    "        gpus = sum(float((n.get('Resources') or {}).get('GPU', 0) or 0) for n in alive)\n"
+    "        if want is None or (set(want) <= ips and gpus >= float(sys.argv[3]))"
+    " or time.monotonic() + float(sys.argv[5]) > end:\n"
+    "            break\n"
+    "        time.sleep(float(sys.argv[5]))\n"
+    "    print(" + repr(MARKER) + " + json.dumps(nodes, default=str), flush=True)\n"
     "    print(" + repr(AVAILABLE_MARKER) + " + json.dumps(ray.available_resources(), default=str), flush=True)\n"
     "finally:\n"
     "    ray.shutdown()\n"
 )
+#: Seconds between two looks of a watching query (one GCS request each, in the running process).
+WATCH_INTERVAL = 0.5
 
 
 class RayQueryError(Exception):
     """The query ran but its output holds no node list."""
 
 
-def build_query_argv(python_cmd: list[str], address: str, timeout: int) -> list[str]:
-    """The argv that prints the node list; ``timeout`` bounds a query against a dead GCS."""
+def build_query_argv(
+    python_cmd: list[str],
+    address: str,
+    timeout: int,
+    watch: tuple[list[str], float | None, float] | None = None,
+) -> list[str]:
+    """The argv that prints the node list; ``timeout`` bounds a query against a dead GCS.
+
+    ``watch`` = (expected node addresses, expected GPUs or None, seconds): the process keeps asking
+    until Ray sees them or the seconds pass (``timeout`` is then added to those seconds).
+    """
     if not python_cmd:
         raise ValueError("python_cmd is empty: give the python that has Ray, e.g. [/opt/venv/bin/python]")
     argv = [*python_cmd, "-c", NODES_SCRIPT, address]
+    if watch is not None:
+        nodes, gpus, seconds = watch
+        argv += [json.dumps(list(nodes)), str(-1 if gpus is None else gpus), str(max(seconds, 0)), str(WATCH_INTERVAL)]
+        timeout = timeout + int(max(seconds, 0)) if timeout > 0 else 0
     if timeout > 0:
         argv = ["timeout", "--kill-after=5", str(int(timeout)), *argv]
     return argv

@@ -17,6 +17,8 @@ description:
   - "With O(expected_nodes) and O(expected_gpus) it polls until Ray sees all of them or
     O(wait_timeout) passes, then fails with what is missing (for example
     C(Ray sees 1 of 2 nodes: 10.0.0.12 missing)) unless O(fail_on_missing=false)."
+  - While it waits, one Ray client connects once and asks again every half second (a GCS request);
+    a query that fails (the GCS not up yet) is started again after O(poll_interval).
   - Read-only; runs in check mode.
 options:
   address:
@@ -43,7 +45,7 @@ options:
     type: int
     default: 0
   poll_interval:
-    description: Seconds between two polls.
+    description: Seconds before a failed query is started again (a watching query asks every half second).
     type: int
     default: 3
   query_timeout:
@@ -164,14 +166,19 @@ def main():
     )
     p = module.params
     try:
-        argv = build_query_argv(p["python_cmd"], p["address"], p["query_timeout"])
+        build_query_argv(p["python_cmd"], p["address"], p["query_timeout"])
     except ValueError as exc:
         module.fail_json(msg=str(exc))
 
+    # One process watches until Ray sees what is expected (or the wait ends); a query that fails
+    # (the GCS not up yet, a killed query) is started again while time is left.
     deadline = time.monotonic() + max(p["wait_timeout"], 0)
     polls = 0
     while True:
         polls += 1
+        left = deadline - time.monotonic()
+        watch = (p["expected_nodes"], p["expected_gpus"], left) if left > 1 else None
+        argv = build_query_argv(p["python_cmd"], p["address"], p["query_timeout"], watch)
         summary, error = query_once(run_command(module), argv)
         result = verdict(summary, error, p["address"], p["expected_nodes"], p["expected_gpus"])
         if result["ok"] or time.monotonic() + p["poll_interval"] > deadline:

@@ -227,3 +227,75 @@ def test_main_unreachable_gcs_says_so(tmp_path: Path, capsys: pytest.CaptureFixt
     assert out["reachable"] is False
     assert out["msg"].startswith(f"cannot query Ray at {HEAD}:6379 (rc=1")
     assert "Could not find any running Ray instance" in out["msg"]
+
+
+# --- the watching query: the real script, a stand-in `ray` package ------------------------------
+
+
+def fake_ray_package(tmp_path: Path, answers: list[list[dict[str, Any]]]) -> Path:
+    """A `ray` module whose nodes() gives answers[N] on its Nth call (the last one from then on);
+    each call is logged, so that the test sees how often one process asked."""
+    pkg = tmp_path / "site" / "ray"
+    pkg.mkdir(parents=True)
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    (pkg / "__init__.py").write_text(
+        "import json, pathlib\n"
+        f"_d = pathlib.Path({str(tmp_path)!r})\n"
+        "def init(address, **kw):\n"
+        "    (_d / 'inits').open('a').write(address + '\\n')\n"
+        "def nodes():\n"
+        "    log = _d / 'calls'\n"
+        "    n = len(log.read_text().splitlines()) if log.exists() else 0\n"
+        "    log.open('a').write('x\\n')\n"
+        "    answers = json.loads((_d / 'answers.json').read_text())\n"
+        "    return answers[min(n, len(answers) - 1)]\n"
+        "def available_resources():\n"
+        "    return {'object_store_memory': 1.0}\n"
+        "def shutdown():\n"
+        "    pass\n"
+    )
+    return pkg.parent
+
+
+def run_script(tmp_path: Path, site: Path, argv: list[str]) -> tuple[int, str, str]:
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, check=False, timeout=60)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_a_watching_query_asks_again_in_one_process_until_the_worker_joins(tmp_path: Path) -> None:
+    one, both = [node(HEAD, head=True)], [node(HEAD, head=True), node(WORKER)]
+    site = fake_ray_package(tmp_path, [one, one, one, both])
+    argv = _ray.build_query_argv([sys.executable], f"{HEAD}:6379", 30, ([HEAD, WORKER], 2.0, 20))
+    assert argv[:3] == ["timeout", "--kill-after=5", "50"]  # the wait is added to the query's bound
+    summary, error = _ray.query_once(lambda a: run_script(tmp_path, site, a), argv)
+    assert error == "" and summary is not None and summary["node_ips"] == [HEAD, WORKER]
+    assert len((tmp_path / "inits").read_text().splitlines()) == 1  # connected once
+    assert len((tmp_path / "calls").read_text().splitlines()) == 4  # asked until both were there
+
+
+def test_a_watching_query_stops_at_its_wait_with_the_last_answer(tmp_path: Path) -> None:
+    site = fake_ray_package(tmp_path, [[node(HEAD, head=True)]])
+    argv = _ray.build_query_argv([sys.executable], f"{HEAD}:6379", 0, ([HEAD, WORKER], None, 1.2))
+    summary, _error = _ray.query_once(lambda a: run_script(tmp_path, site, a), argv)
+    assert summary is not None and summary["node_ips"] == [HEAD]
+    assert 2 <= len((tmp_path / "calls").read_text().splitlines()) <= 4  # every 0.5 s for about 1.2 s
+    # a GPU shortfall keeps it asking too: the node is there but its GPU is not
+    (tmp_path / "calls").unlink()
+    site = fake_ray_package(tmp_path / "gpu", [[node(HEAD, head=True, gpus=0)], [node(HEAD, head=True)]])
+    argv = _ray.build_query_argv([sys.executable], f"{HEAD}:6379", 0, ([HEAD], 1.0, 10))
+    summary, _error = _ray.query_once(lambda a: run_script(tmp_path / "gpu", site, a), argv)
+    assert summary is not None and summary["gpus"] == 1
+    assert len((tmp_path / "gpu" / "calls").read_text().splitlines()) == 2
+
+
+def test_a_plain_query_asks_once(tmp_path: Path) -> None:
+    site = fake_ray_package(tmp_path, [[node(HEAD, head=True)], [node(HEAD, head=True), node(WORKER)]])
+    summary, _error = _ray.query_once(
+        lambda a: run_script(tmp_path, site, a), _ray.build_query_argv([sys.executable], f"{HEAD}:6379", 30)
+    )
+    assert summary is not None and summary["node_ips"] == [HEAD]
+    assert len((tmp_path / "calls").read_text().splitlines()) == 1
