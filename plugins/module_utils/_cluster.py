@@ -131,7 +131,7 @@ def unresolvable(hosts: HostVars, resolves: Callable[[str], bool]) -> list[str]:
 # --- preflight: the facts of every node ----------------------------------------------------------
 
 
-def _int(value: Any) -> int:
+def to_int(value: Any) -> int:
     """Jinja's ``int`` filter: a number, or 0 for what is not one."""
     try:
         return int(value)
@@ -165,7 +165,7 @@ def preflight_checks(
     ``fabric_text`` ("node1 bond0 10.0.0.1 10.0.0.0/24, …").
     """
     wanted = str(driver_version) if driver_version else ""
-    required = _int(ib_required_ports)
+    required = to_int(ib_required_ports)
     drivers: list[dict[str, Any]] = []
     counts: list[dict[str, Any]] = []
     fabric: list[dict[str, Any]] = []
@@ -178,19 +178,19 @@ def preflight_checks(
         drivers.append({"host": host, "version": version})
         if wanted and not (str(version) == wanted or str(version).startswith(wanted + ".")):
             mismatch.append(f"{host} runs {version}, preflight_driver_version={wanted}")
-        counts.append({"host": host, "count": _int(gpu.get("count", 0))})
+        counts.append({"host": host, "count": to_int(gpu.get("count", 0))})
 
         for g in gpu.get("gpus") or []:
             links = g.get("nvlinks") or {}
             where = f"{host} GPU {g.get('index')} ({g.get('uuid')})"
-            if _int(links.get("total", 0)) == 0:
+            if to_int(links.get("total", 0)) == 0:
                 nvlink.append(f"{where}: no NVLink at all (a PCIe card, or preflight_require_nvlink=false)")
             elif links.get("inactive"):
                 down = ", ".join(str(n) for n in links["inactive"])
                 nvlink.append(f"{where}: NVLink {down} inactive, {links.get('active')} of {links.get('total')} active")
 
         ib = _facts(hv, "multinode_ib")
-        active = _int(ib.get("active_ports", 0))
+        active = to_int(ib.get("active_ports", 0))
         if active < required:
             why = "; ".join(str(p) for p in ib.get("problems") or []) or (
                 f"no {ib_hca_prefix}* HCA" if active == 0 else f"every {ib_hca_prefix}* port it has is usable"

@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._checks import cluster_mismatches, host_values, invalid_vars, port_clashes
-from ._cluster import duplicate_addresses, unknown_names, unresolvable
+from ._cluster import duplicate_addresses, to_int, unknown_names, unresolvable
 from ._dynamo import layout_problems, worker_groups
 from ._firewall import port_overlaps
 from ._planner import PARALLEL_NAMES, PlanError, parallel_shape, plan
@@ -144,17 +144,6 @@ def to_bool(value: Any) -> bool:
     if isinstance(value, str):
         return value.strip().lower() in _TRUE
     return value == 1
-
-
-def to_int(value: Any) -> int:
-    """Jinja's ``int`` filter: a number, or 0 for what is not one."""
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        try:
-            return int(float(value))
-        except (TypeError, ValueError):
-            return 0
 
 
 def to_float(value: Any) -> float:

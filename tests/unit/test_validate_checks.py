@@ -106,31 +106,22 @@ def test_plan_only_plans_the_given_shape_and_names_its_variables() -> None:
         "gpus_from": "slurm_gpus_per_node",
     }
     # plan only: no inventory at all is needed
-    out = validate(
-        Inputs(
-            groups={},
-            hostvars={},
-            names={},
-            undefined=[],
-            rules={},
-            defaults={},
-            model_config_path=MODEL_405B,
-            plan_only=shape,
-        )
-    )
+    out = validate(plan_only(shape))
     assert not out["failed"] and out["report"][0].startswith("TP 8 x PP 2 on 2 nodes x 8 GPUs"), out
     # a shape the planner refuses names the job's variable, not the inventory's hosts
-    out = validate(
-        Inputs(
-            groups={},
-            hostvars={},
-            names={},
-            undefined=[],
-            rules={},
-            defaults={},
-            model_config_path=MODEL_405B,
-            plan_only={**shape, "nodes": 0},
-        )
-    )
+    out = validate(plan_only({**shape, "nodes": 0}))
     assert out["check"] == "Stop with the planner's objection", out
     assert "Fix: change slurm_nodes in the inventory." in out["msg"]
+
+
+def plan_only(shape: dict[str, Any]) -> Inputs:
+    return Inputs(
+        groups={},
+        hostvars={},
+        names={},
+        undefined=[],
+        rules={},
+        defaults={},
+        model_config_path=MODEL_405B,
+        plan_only=shape,
+    )
