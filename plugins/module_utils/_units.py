@@ -243,16 +243,24 @@ def stale_members(
     seconds after the head's and count as the same start, unless ``restarts`` (host -> {unit: restarts
     by systemd or Docker on their own since the last asked-for start}) says it restarted on its own.
     A restart of the group stops each node's vLLM first, and a stop can take up to the unit's stop
-    timeout, so the spread must cover it. The other members (Ray) count whenever they started later.
+    timeout, so the spread must cover it. The other members (Ray) count whenever they started later,
+    and also when they started in the same second: start times are whole seconds, so the order of two
+    starts within one second is unknown, and a vLLM that started before its member hangs (systemd
+    restarted vLLM and a worker's Ray 0.23 s apart, vLLM first, in a CI run's fault 4) where one
+    restart of vLLM too many costs only its start.
     """
     ref = int((started.get(head) or {}).get(unit) or 0)
     if ref <= 0:
         return []
 
     def later(host: str, name: str, t: int) -> bool:
-        if t <= ref or (host == head and name == unit):
+        if host == head and name == unit:
             return False
-        if name != unit or t > ref + max(int(spread), 0):
+        if name != unit:
+            return t >= ref
+        if t <= ref:
+            return False
+        if t > ref + max(int(spread), 0):
             return True
         return restarts is not None and int((restarts.get(host) or {}).get(name) or 0) > 0
 

@@ -233,6 +233,9 @@ def test_docker_start_times(value: str, epoch: int) -> None:
         ({"node1": {"vllm": T0}, "node3": {"vllm": T0 + 40}}, []),
         # ... one restarted by hand (restarts 0) long after the head's: outside the spread
         ({"node1": {"vllm": T0}, "node3": {"vllm": T0 + 61}}, ["node3 vllm"]),
+        # the worker's Ray started in the same second as vLLM: the order is unknown (whole seconds), and
+        # a vLLM that started first hangs (a CI run's fault 4: 0.23 s apart, vLLM first): stale
+        ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node2": {"ray-worker": T0}}, ["node2 ray-worker"]),
         # the spread is for the vLLM peers: a Ray worker 3 s after vLLM is stale whatever its count
         ({"node1": {"ray-head": T0 - 60, "vllm": T0}, "node3": {"ray-worker": T0 + 3}}, ["node3 ray-worker"]),
         # a node that did not answer has no start times
