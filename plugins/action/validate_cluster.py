@@ -12,11 +12,9 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import socket
-
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
-from ansible_collections.multinode.vllm.plugins.module_utils._cluster import undefined_refs
+from ansible_collections.multinode.vllm.plugins.module_utils._cluster import resolves, undefined_refs
 from ansible_collections.multinode.vllm.plugins.module_utils._validate import ADDRESS_VARS, Inputs, validate
 from jinja2 import Undefined
 
@@ -40,14 +38,6 @@ _ARGS = {
 
 class _Missing(Undefined):
     """A variable whose template names something undefined (the read raised instead of returning one)."""
-
-
-def _resolves(name):
-    """The controller's resolver (NSS, as `getent hosts` asks it)."""
-    try:
-        return bool(socket.getaddrinfo(name, None))
-    except (OSError, UnicodeError):
-        return False
 
 
 def _read_host(hostvars, host, wanted, prefix):
@@ -136,7 +126,7 @@ class ActionModule(ActionBase):
                 require_api_key=args["require_api_key"],
                 ignore_plan=args["ignore_plan"],
                 dynamo_vars=args["dynamo_vars"],
-                resolves=_resolves,
+                resolves=resolves,
                 plan_only=args["plan_only"],
             )
         )

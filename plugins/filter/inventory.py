@@ -9,8 +9,6 @@ __metaclass__ = type
 # The filters are documented beside this file: host_values.yml, duplicate_addresses.yml,
 # unresolvable_hosts.yml, undefined_vars.yml, unknown_vars.yml (a plugin file with DOCUMENTATION would shadow them).
 
-import socket
-
 from ansible.errors import AnsibleFilterError
 from ansible_collections.multinode.vllm.plugins.module_utils._checks import host_values as _host_values
 from ansible_collections.multinode.vllm.plugins.module_utils._cluster import (
@@ -20,6 +18,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._cluster import (
     host_vars,
     undefined_refs,
     unknown_names,
+    resolves,
     unresolvable,
 )
 from jinja2 import Undefined
@@ -64,16 +63,8 @@ def duplicate_addresses(hostvars, hosts):
     return _duplicate_addresses(_read(hostvars, hosts, _ADDRESS_VARS))
 
 
-def _resolves(name):
-    """The controller's resolver (NSS, as `getent hosts` asks it)."""
-    try:
-        return bool(socket.getaddrinfo(name, None))
-    except (OSError, UnicodeError):
-        return False
-
-
 def unresolvable_hosts(hostvars, hosts):
-    return unresolvable(_read(hostvars, hosts, _ADDRESS_VARS), _resolves)
+    return unresolvable(_read(hostvars, hosts, _ADDRESS_VARS), resolves)
 
 
 class FilterModule:

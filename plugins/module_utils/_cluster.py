@@ -14,6 +14,7 @@ count, NVLinks up, enough InfiniBand ports, one control address per node in one 
 from __future__ import annotations
 
 import difflib
+import socket
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -117,6 +118,14 @@ def duplicate_addresses(hosts: HostVars) -> list[str]:
     """SSH addresses more than one host uses: "192.0.2.11:22 (node1, node2)"."""
     pairs = [(host, ssh_address(host, hv)) for host, hv in hosts.items()]
     return [f"{addr} ({', '.join(names)})" for addr, names in duplicates(pairs)]
+
+
+def resolves(name: str) -> bool:
+    """The controller's resolver (NSS, as `getent hosts` asks it) knows ``name``."""
+    try:
+        return bool(socket.getaddrinfo(name, None))
+    except (OSError, UnicodeError):
+        return False
 
 
 def unresolvable(hosts: HostVars, resolves: Callable[[str], bool]) -> list[str]:

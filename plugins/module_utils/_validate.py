@@ -23,6 +23,7 @@ stop at):
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -404,12 +405,13 @@ class _Run:
             problem = str(exc)
         if problem and not self.ignore:
             raise Stop("Stop if tensor x pipeline parallel does not fit the GPUs of the cluster", problem)
-        dynamo = self.dynamo_cfg()
-        bad = layout_problems(dynamo, _unique(self.heads + self.workers), self.node_gpus)
+        bad = layout_problems(self.dynamo_cfg, _unique(self.heads + self.workers), self.node_gpus)
         if bad:
             raise Stop("Stop if the Dynamo stack's variables are wrong", f"Dynamo stack: {_join(bad, '; ')}.")
 
+    @functools.cached_property
     def dynamo_cfg(self) -> dict[str, Any]:
+        """The head's values of the Dynamo variables, defaults filled in (read by three checks)."""
         rules: dict[str, dict[str, Any]] = {name: {} for name in self.i.dynamo_vars}
         own = {self.head: {k: v for k, v in (self.i.hostvars.get(self.head) or {}).items() if k in rules}}
         return host_values(own, rules, self.i.defaults).get(self.head, {})
@@ -535,12 +537,12 @@ class _Run:
                     f"{pl['max_model_len']}, validate_gpu_memory_gib={self.i.gpu_memory_gib}). Fix: one of those, or "
                     "validate_ignore_plan=true to go on anyway.",
                 )
-        if self.i.plan_only is None and self.dynamo_cfg().get("multinode_stack", "vllm") == "dynamo":
+        if self.i.plan_only is None and self.dynamo_cfg.get("multinode_stack", "vllm") == "dynamo":
             self.dynamo(config, common, p["model"])
 
     def dynamo(self, config: dict[str, Any], common: dict[str, Any], model: str) -> None:
         """Every worker of a Dynamo group is one replica on ``tp`` GPUs of one node: plan one per group."""
-        for group in worker_groups(self.dynamo_cfg()):
+        for group in worker_groups(self.dynamo_cfg):
             try:
                 one = plan(
                     config,
