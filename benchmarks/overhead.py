@@ -11,10 +11,11 @@ with the native runtime and the ray backend (the by-hand commands are read from 
    read from the units) started by hand over ssh after stopping the units, timed until a chat
    completion returns text (--skip-hand leaves this out);
 4. with --throughput: `vllm bench serve` on the head (the node venv's vLLM, as roles/vllm_bench
-   runs it) against our launch (the units as site.yml left them) and against the by-hand processes
-   of step 3, alternated (ours, hand, ours, hand, ...), --throughput-runs runs of --num-prompts
-   requests each, the same seed (the same prompts) every run; a chat completion must answer
-   before each run;
+   runs it) against our launch (the units site.yml deployed) and against the by-hand processes
+   of step 3, counterbalanced (ours, hand, hand, ours, ours, hand, ...: a drift of the machine falls
+   on both arms alike), every run right after a fresh start of its arm, --throughput-runs runs of
+   --num-prompts requests each, the same seed (the same prompts) every run; a chat completion must
+   answer before each run;
 5. teardown;
 6. with --nodes-compare N: a second test bed of N nodes (TP 1 x PP 2: the other nodes are spare Ray
    nodes) is brought up, converged once from bare nodes, torn down, then timed like 1-2 and taken
@@ -152,8 +153,10 @@ def summarize(doc: dict[str, Any]) -> dict[str, Any]:
 
 # ------------------------------------------------------------------------ pure: throughput
 def alternation(runs: int) -> list[tuple[str, int]]:
-    """The order of the throughput runs: ours 1, hand 1, ours 2, hand 2, ..."""
-    return [(arm, i) for i in range(1, runs + 1) for arm in ("ours", "hand")]
+    """The order of the throughput runs, counterbalanced (ABBA): ours 1, hand 1, hand 2, ours 2, ours 3,
+    hand 3, ... A drift of the machine over the runs (2-s runs measured 2026-12-07: every arm slower
+    by the third pair) then falls on both arms alike, where ours-first in every pair favoured ours."""
+    return [(arm, i) for i in range(1, runs + 1) for arm in (("ours", "hand") if i % 2 else ("hand", "ours"))]
 
 
 def bench_run_summary(result: Mapping[str, Any]) -> dict[str, Any]:
@@ -717,23 +720,24 @@ def bench_once(d: Deployment, s: BenchSettings, name: str, timeout: float) -> di
 def throughput(
     d: Deployment, s: BenchSettings, runs: int, ready_timeout: float, bench_timeout: float
 ) -> dict[str, Any]:
-    """Our launch against the by-hand processes, alternated; leaves the units stopped."""
+    """Our launch against the by-hand processes, counterbalanced; every run follows a fresh start of
+    its arm (the first too: not the units site.yml left, warm from its gate); leaves the units stopped."""
     stamp = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}"
     sh(d.hv, d.head, f"mkdir -p {REMOTE_DIR}")
     arms: dict[str, list[dict[str, Any]]] = {"ours": [], "hand": []}
     starts: dict[str, list[float]] = {"ours": [], "hand": []}
-    state, pid = "ours", ""
-    wait_chat(d.endpoint, ready_timeout, "our launch (the units site.yml left)")
+    state, pid = "ours", ""  # the units site.yml left run
     try:
         for arm, i in alternation(runs):
-            if arm == "hand" and state == "ours":
+            if state == "hand":
+                stop_by_hand(d, pid)
+            else:
                 stop_units(d)
-                state = "stopped"
+            state = "stopped"
+            if arm == "hand":
                 secs, pid = start_by_hand(d, ready_timeout)
                 starts["hand"].append(round(secs, 2))
-            elif arm == "ours" and state == "hand":
-                stop_by_hand(d, pid)
-                state = "stopped"
+            else:
                 starts["ours"].append(round(start_units(d, ready_timeout), 2))
             state = arm
             wait_chat(d.endpoint, ready_timeout, f"the {arm} launch")

@@ -45,11 +45,16 @@ def test_role_has_defaults_specs_and_galaxy_info(role: str) -> None:
     assert meta["galaxy_info"]["role_name"] == role
 
 
+# The entry point whose spec lists the role's defaults, where it is not main.
+DEFAULTS_ENTRY = {"multinode": "setup"}
+
+
 @pytest.mark.parametrize("role", ALL_ROLES)
 def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
     defaults: dict[str, Any] = load(ROLES / role / "defaults" / "main.yml") or {}
     specs = load(ROLES / role / "meta" / "argument_specs.yml")["argument_specs"]
-    options: dict[str, Any] = specs["main"].get("options") or {}
+    # multinode documents its defaults at the setup entry point, checked once per run (tasks/main.yml)
+    options: dict[str, Any] = specs[DEFAULTS_ENTRY.get(role, "main")].get("options") or {}
     missing = sorted(set(defaults) - set(options))
     extra = sorted(set(options) - set(defaults))
     assert not missing, f"roles/{role}: in defaults/main.yml, not in argument_specs.yml: {missing}"

@@ -220,8 +220,14 @@ def test_throughput_summary_mean_stdev_and_ratio() -> None:
     assert overhead.throughput_summary(ours[:1], hand[:1])["ours"]["stdev"] == 0.0
 
 
-def test_alternation_starts_with_ours_and_alternates() -> None:
-    assert overhead.alternation(3) == [("ours", 1), ("hand", 1), ("ours", 2), ("hand", 2), ("ours", 3), ("hand", 3)]
+def test_alternation_is_counterbalanced_abba() -> None:
+    assert overhead.alternation(3) == [("ours", 1), ("hand", 1), ("hand", 2), ("ours", 2), ("ours", 3), ("hand", 3)]
+    # over any even number of runs each arm sits first in half the pairs: a linear drift cancels out
+    for runs in (2, 4, 6):
+        order = overhead.alternation(runs)
+        pos = {arm: sum(k for k, (a, _) in enumerate(order) if a == arm) for arm in ("ours", "hand")}
+        assert pos["ours"] == pos["hand"], (runs, order)
+        assert sorted(order) == sorted((a, i) for i in range(1, runs + 1) for a in ("ours", "hand"))
 
 
 def test_bench_serve_argv_is_the_roles_without_the_key() -> None:
@@ -256,7 +262,7 @@ def test_keyed_command_passes_the_key_on_stdin_only() -> None:
     assert overhead.keyed_command(["vllm", "a b"], with_key=False) == "vllm 'a b'"
 
 
-def test_throughput_alternates_units_and_hand_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_throughput_starts_each_run_fresh_in_the_counterbalanced_order(monkeypatch: pytest.MonkeyPatch) -> None:
     log: list[str] = []
     tok = iter([100.0, 98.0, 102.0, 99.0, 101.0, 100.0])
     monkeypatch.setattr(overhead, "sh", lambda *a, **k: log.append("mkdir") or "")
@@ -277,13 +283,15 @@ def test_throughput_alternates_units_and_hand_processes(monkeypatch: pytest.Monk
     out = overhead.throughput(d, overhead.BenchSettings(200, 32, 16, 4), 3, 60, 600)
     benches = [e for e in log if e.startswith("bench")]
     assert benches == [f"bench {a}{i}.json" for a, i in overhead.alternation(3)]
-    # ours 1 runs on the units as site.yml left them; every switch stops one launch and starts the other
-    assert log[:3] == ["mkdir", "chat", "chat"] and log[3] == "bench ours1.json"
-    assert log[4:6] == ["stop units", "start hand"]
-    assert log.count("start hand") == 3 and log.count("start units") == 2 and log[-1] == "stop hand 4242"
-    assert out["ours"]["output_tok_s"] == [100.0, 102.0, 101.0] and out["hand"]["output_tok_s"] == [98.0, 99.0, 100.0]
-    assert out["hand_start_s"] == [15.0, 15.0, 15.0] and out["ours_restart_s"] == [20.0, 20.0]
-    assert out["order"] == ["ours1", "hand1", "ours2", "hand2", "ours3", "hand3"]
+    # every run follows a fresh start of its arm, ours 1 too (the units site.yml left are restarted)
+    assert log[:5] == ["mkdir", "stop units", "start units", "chat", "bench ours1.json"]
+    assert log[5:9] == ["stop units", "start hand", "chat", "bench hand1.json"]
+    assert log[9:13] == ["stop hand 4242", "start hand", "chat", "bench hand2.json"]
+    assert log.count("start hand") == 3 and log.count("start units") == 3 and log[-1] == "stop hand 4242"
+    # the order is ours1 hand1 hand2 ours2 ours3 hand3
+    assert out["ours"]["output_tok_s"] == [100.0, 99.0, 101.0] and out["hand"]["output_tok_s"] == [98.0, 102.0, 100.0]
+    assert out["hand_start_s"] == [15.0, 15.0, 15.0] and out["ours_restart_s"] == [20.0, 20.0, 20.0]
+    assert out["order"] == ["ours1", "hand1", "hand2", "ours2", "ours3", "hand3"]
     assert out["settings"]["num_prompts"] == 200 and out["settings"]["runs"] == 3
 
 
@@ -379,6 +387,7 @@ def test_a_failed_run_stops_the_hand_processes_it_started(monkeypatch: pytest.Mo
     monkeypatch.setattr(overhead, "sh", lambda *a, **k: "")
     monkeypatch.setattr(overhead, "wait_chat", lambda *a, **k: None)
     monkeypatch.setattr(overhead, "stop_units", lambda d: log.append("stop units"))
+    monkeypatch.setattr(overhead, "start_units", lambda d, t: log.append("start units") or 20.0)
     monkeypatch.setattr(overhead, "start_by_hand", lambda d, t: log.append("start hand") or (15.0, "4242"))
     monkeypatch.setattr(overhead, "stop_by_hand", lambda d, pid: log.append(f"stop hand {pid}"))
 
@@ -391,7 +400,7 @@ def test_a_failed_run_stops_the_hand_processes_it_started(monkeypatch: pytest.Mo
     d = overhead.Deployment("node1", (), {"node1": {}}, (["/v/ray"], None), {}, (["/v/vllm"], None), Endpoint("x"))
     with pytest.raises(SystemExit, match="exited 1"):
         overhead.throughput(d, overhead.BenchSettings(200, 32, 16, 4), 3, 60, 600)
-    assert log == ["stop units", "start hand", "stop hand 4242"]
+    assert log == ["stop units", "start units", "stop units", "start hand", "stop hand 4242"]
 
 
 def test_hand_vllm_is_stopped_by_the_pid_the_node_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

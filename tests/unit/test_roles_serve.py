@@ -30,7 +30,7 @@ HEAD, WORKER = "10.0.1.11", "10.0.1.12"
 def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
     defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
     spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
-    options = spec["argument_specs"]["main"]["options"]
+    options = spec["argument_specs"]["setup" if role == "multinode" else "main"]["options"]
     assert list(options) == list(defaults), f"{role}: argument_specs.yml and defaults/main.yml differ"
     for key, value in defaults.items():
         assert options[key].get("default") == value, f"{role}: default of {key} differs"
