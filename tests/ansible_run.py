@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 from multinode_vllm import PROJECT_DIR
 
@@ -36,3 +38,16 @@ def ansible_playbook(*args: str, timeout: float = 300, **env: str) -> subprocess
         timeout=timeout,
         check=False,
     )
+
+
+def local_cluster_inventory(head: dict[str, dict[str, Any]], workers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """An inventory of the vllm_cluster groups (one head, its workers) whose hosts all run on this
+    machine with this Python: the host variables as given (each host's ``node_facts`` for fake_facts)."""
+    return {
+        "all": {
+            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
+            "children": {
+                "vllm_cluster": {"children": {"ray_head": {"hosts": head}, "ray_workers": {"hosts": workers}}}
+            },
+        }
+    }

@@ -24,7 +24,7 @@ from ansible_collections.multinode.vllm.plugins.module_utils._monitoring import 
     prometheus_config,
     targets_check,
 )
-from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, role_vars_files
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, local_cluster_inventory, role_vars_files
 
 from multinode_vllm import PROJECT_DIR
 
@@ -154,19 +154,7 @@ def render(tmp_path: Path, **extra: Any) -> Any:
     def host(ip: str) -> dict[str, Any]:
         return {"node_facts": {"multinode_fabric": {"control_ip": ip}}}
 
-    inv = {
-        "all": {
-            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-            "children": {
-                "vllm_cluster": {
-                    "children": {
-                        "ray_head": {"hosts": {"node1": host("10.0.0.1")}},
-                        "ray_workers": {"hosts": {"node2": host("10.0.0.2")}},
-                    }
-                }
-            },
-        }
-    }
+    inv = local_cluster_inventory({"node1": host("10.0.0.1")}, {"node2": host("10.0.0.2")})
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "pb.yml").write_text(
         PLAYBOOK.format(root=PROJECT_DIR, out=out, vars_files=role_vars_files("multinode", "monitoring"))

@@ -6,13 +6,12 @@ pinned and the values are read per use, as before."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, role_vars_files
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, local_cluster_inventory, role_vars_files
 
 from multinode_vllm import PROJECT_DIR
 
@@ -65,19 +64,7 @@ def run(tmp_path: Path, third_has_facts: bool) -> dict[str, Any]:
         "node2": {"node_facts": fabric("10.0.1.12", 8)},
         "node3": {"node_facts": fabric("10.0.1.13", 4) if third_has_facts else {}},
     }
-    inv = {
-        "all": {
-            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-            "children": {
-                "vllm_cluster": {
-                    "children": {
-                        "ray_head": {"hosts": {"node1": hosts["node1"]}},
-                        "ray_workers": {"hosts": {h: hosts[h] for h in ("node2", "node3")}},
-                    }
-                }
-            },
-        }
-    }
+    inv = local_cluster_inventory({"node1": hosts["node1"]}, {h: hosts[h] for h in ("node2", "node3")})
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "pb.yml").write_text(PLAYBOOK.format(out=out, vars_files=role_vars_files("multinode")))
     proc = ansible_playbook(

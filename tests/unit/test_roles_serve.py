@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, role_vars_files
+from ansible_run import FAKE_FACTS_MODULE, ansible_playbook, local_cluster_inventory, role_vars_files
 
 from multinode_vllm import PROJECT_DIR
 
@@ -118,19 +118,10 @@ def render(tmp_path: Path, ib: bool = False, **extra: Any) -> dict[str, Any]:
     (lib / "fake_facts.py").write_text(FAKE_FACTS_MODULE)
     out = tmp_path / "out"
     out.mkdir()
-    inv = {
-        "all": {
-            "vars": {"ansible_connection": "local", "ansible_python_interpreter": sys.executable},
-            "children": {
-                "vllm_cluster": {
-                    "children": {
-                        "ray_head": {"hosts": {"node1": {"node_facts": facts(HEAD, ib), "ansible_host": "192.0.2.11"}}},
-                        "ray_workers": {"hosts": {"node2": {"node_facts": facts(WORKER, ib)}}},
-                    }
-                }
-            },
-        }
-    }
+    inv = local_cluster_inventory(
+        {"node1": {"node_facts": facts(HEAD, ib), "ansible_host": "192.0.2.11"}},
+        {"node2": {"node_facts": facts(WORKER, ib)}},
+    )
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump(inv))
     (tmp_path / "pb.yml").write_text(
         RENDER_PLAYBOOK.format(
