@@ -59,6 +59,7 @@ def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
     extra = sorted(set(options) - set(defaults))
     assert not missing, f"roles/{role}: in defaults/main.yml, not in argument_specs.yml: {missing}"
     assert not extra, f"roles/{role}: in argument_specs.yml, not in defaults/main.yml: {extra}"
+    assert list(options) == list(defaults), f"roles/{role}: argument_specs.yml lists the defaults in another order"
     for key, value in defaults.items():
         opt = options[key]
         assert key.startswith(f"{role}_"), f"roles/{role}: {key} lacks the prefix {role}_"

@@ -26,18 +26,6 @@ OUR_ROLES = ["multinode", "ray_head", "ray_worker", "vllm_serve"]
 HEAD, WORKER = "10.0.1.11", "10.0.1.12"
 
 
-@pytest.mark.parametrize("role", sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "defaults").is_dir()))
-def test_argument_specs_match_defaults_key_for_key(role: str) -> None:
-    defaults = yaml.safe_load((ROOT / "roles" / role / "defaults" / "main.yml").read_text()) or {}
-    spec = yaml.safe_load((ROOT / "roles" / role / "meta" / "argument_specs.yml").read_text())
-    options = spec["argument_specs"]["setup" if role == "multinode" else "main"]["options"]
-    assert list(options) == list(defaults), f"{role}: argument_specs.yml and defaults/main.yml differ"
-    for key, value in defaults.items():
-        assert options[key].get("default") == value, f"{role}: default of {key} differs"
-        assert options[key].get("description"), f"{role}: {key} has no description"
-        assert key.startswith(f"{role}_"), f"{role}: {key} lacks the role prefix"
-
-
 @pytest.mark.parametrize("role", OUR_ROLES)
 def test_derived_vars_are_underscored_and_meta_depends_on_multinode(role: str) -> None:
     derived = yaml.safe_load((ROOT / "roles" / role / "vars" / "main.yml").read_text())
