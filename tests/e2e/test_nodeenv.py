@@ -129,3 +129,32 @@ def test_tiny_llama_is_made_and_loads(venv: Path, tmp_path: Path) -> None:
     b = vrun(venv, "python", "-c", code, str(other))
     assert b.returncode == 0, b.stderr[-2000:]
     assert json.loads(b.stdout.strip().splitlines()[-1]) == got
+
+
+def test_vllm_cache_seed_is_taken_by_vllm_itself(venv: Path, tmp_path: Path) -> None:
+    """The seed copied into every new node's ~/.cache/vllm answers vLLM's model inspection: with a
+    copy as VLLM_CACHE_ROOT, vLLM finds the answer for its own llama.py hash and never starts the
+    subprocess that imports vLLM again (the inspection subprocess is made to fail here)."""
+    seed = nodeenv.seed_cache_dir(venv)
+    assert sorted(p.name for p in (seed / "modelinfos").iterdir()) == [
+        "vllm-model_executor-models-llama-LlamaForCausalLM.json"
+    ]
+    root = tmp_path / "vllm-cache"
+    subprocess.run(["cp", "-R", str(seed), str(root)], check=True)
+    code = (
+        "import vllm.model_executor.models.registry as r\n"
+        "def no_subprocess(fn): raise SystemExit('inspection subprocess started: the seed was not taken')\n"
+        "r._run_in_subprocess = no_subprocess\n"
+        "print(r.ModelRegistry.models['LlamaForCausalLM'].inspect_model_cls().supports_pp)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "VLLM_TARGET_DEVICE"}
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "VLLM_CACHE_ROOT": str(root)},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "True"

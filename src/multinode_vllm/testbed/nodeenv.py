@@ -14,6 +14,12 @@ Contents (``SPEC``), and the test-bed fixes on top of a plain ``pip install``:
 - the platform plugin ``tests/fixtures/vllm_cpu_ray`` (entry point ``vllm.platform_plugins``):
   vLLM's CPU platform refuses the Ray executor; ``CpuRayPlatform`` adds ``ray_device_key="GPU"``.
 
+- a seed for vLLM's cache (``<venv>/share/multinode-vllm/vllm-cache``, see ``SEED_ARCHS``): on its
+  first start on a node, vLLM inspects the model class in a subprocess that imports vLLM once more
+  (about 8 CPU-s and 9 s before the engine starts) unless ``$VLLM_CACHE_ROOT/modelinfos`` holds the
+  answer for that file's hash. The answer is computed here once; every new test bed node gets a copy
+  in ``/root/.cache/vllm`` (``testbed.nodes``). A stale seed is ignored by vLLM (the hash differs).
+
 Idempotent: ``<venv>/.multinode-vllm-stamp`` holds a hash of the spec and the plugin's files; a
 venv with a matching stamp is reused as is, a changed spec re-runs the steps on it (``rebuild=True``
 starts from an empty venv). Progress lines go to stderr with elapsed times.
@@ -27,6 +33,7 @@ import argparse
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -57,6 +64,8 @@ PLUGIN_CLASS = "CpuRayPlatform"
 STAMP = ".multinode-vllm-stamp"
 DEFAULT_PYTHON = "/usr/bin/python3"
 
+# The model classes whose inspection the seed holds: the tests' tiny model is a Llama.
+SEED_ARCHS = ("LlamaForCausalLM",)
 DIST_INFO_METADATA = f"Metadata-Version: 2.1\nName: vllm\nVersion: {VLLM_VERSION}\n"
 
 
@@ -67,6 +76,35 @@ def default_venv() -> Path:
 
 def default_wheelhouse() -> Path:
     return venvs_dir() / "wheels"
+
+
+def seed_cache_dir(path: Path | None = None) -> Path:
+    """Where the venv at ``path`` keeps the seed of vLLM's cache (the content of a VLLM_CACHE_ROOT)."""
+    return (path or default_venv()) / "share" / "multinode-vllm" / "vllm-cache"
+
+
+def _seed_vllm_cache(path: Path, progress: _Progress) -> None:
+    """Fill ``seed_cache_dir(path)`` with vLLM's inspection of every ``SEED_ARCHS`` class (vLLM's
+    own cache format, written by vLLM: ``modelinfos/<module>-<class>.json`` with the module's hash)."""
+    seed = seed_cache_dir(path)
+    if all(any((seed / "modelinfos").glob(f"*-{arch}.json")) for arch in SEED_ARCHS):
+        return
+    code = (
+        "import sys; from vllm.model_executor.models.registry import ModelRegistry as R\n"
+        "for arch in sys.argv[1:]: R.models[arch].inspect_model_cls()"
+    )
+    with progress.step("seed", f"vLLM's model inspection for {', '.join(SEED_ARCHS)} -> {seed}"):
+        tmp = Path(tempfile.mkdtemp(prefix=".vllm-cache.", dir=path))
+        try:
+            env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp), "VLLM_LOGGING_LEVEL": "WARNING"}
+            _run([str(path / "bin" / "python"), "-c", code, *SEED_ARCHS], "seed vLLM's cache", 300, env)
+            if not any((tmp / "modelinfos").glob("*.json")):
+                raise TestbedError(f"seeding vLLM's cache wrote nothing under {tmp}/modelinfos")
+            shutil.rmtree(seed, ignore_errors=True)
+            seed.parent.mkdir(parents=True, exist_ok=True)
+            tmp.rename(seed)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _plugin_files() -> list[Path]:
@@ -135,9 +173,9 @@ class _Progress:
         self.say(f"{name} done in {self.timings[name]:.1f}s")
 
 
-def _run(cmd: list[str], what: str, timeout: float = 1800) -> str:
+def _run(cmd: list[str], what: str, timeout: float = 1800, env: dict[str, str] | None = None) -> str:
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False, env=env)
     except subprocess.TimeoutExpired as exc:
         raise TestbedError(f"{what}: timed out after {timeout:.0f}s: {' '.join(cmd)}") from exc
     if proc.returncode != 0:
@@ -211,6 +249,7 @@ def build_node_venv(
         want = spec_hash(python)
         if not rebuild and is_current(path, python=python):
             progress.say(f"{path} is current (spec {want}); reused")
+            _seed_vllm_cache(path, progress)  # a venv from before the seed existed
             return path
         vpy, pip, created = start_venv(path, python, rebuild=rebuild, progress=progress)
         if created:
@@ -236,6 +275,7 @@ def build_node_venv(
             got = out.strip().splitlines()[-1] if out.strip() else ""
             if got != f"{VLLM_VERSION} {PLUGIN_CLASS}":
                 raise TestbedError(f"node venv check: expected '{VLLM_VERSION} {PLUGIN_CLASS}', got {got!r}")
+        _seed_vllm_cache(path, progress)
         (path / STAMP).write_text(want + "\n")
         (path / "multinode-vllm-build.json").write_text(
             json.dumps({"spec": list(SPEC), "hash": want, "timings": progress.timings}, indent=2) + "\n"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import time
@@ -20,6 +21,7 @@ from typing import Any
 from multinode_vllm.testbed import image as image_mod
 from multinode_vllm.testbed import inventory as inv
 from multinode_vllm.testbed import standins
+from multinode_vllm.testbed.nodeenv import seed_cache_dir
 from multinode_vllm.testbed.podman import TestbedError, UsageError, ensure_tools, podman, podman_json, run
 from multinode_vllm.testbed.spec import (
     FAKE_GPU_DIR,
@@ -387,13 +389,18 @@ def _run_args(spec: TestbedSpec, node: NodePlan, nets: list[NetworkPlan], shared
 
 
 def _install_key(container: str, pubkey: str) -> None:
+    """The controller's key for root; and, where the node venv has it, the seed of vLLM's cache in
+    root's ``~/.cache/vllm`` (``nodeenv.seed_cache_dir``: vLLM's first start on the node then skips
+    re-importing itself to inspect the model class). One exec for both."""
+    seed = shlex.quote(str(seed_cache_dir()))
     podman(
         "exec",
         "-i",
         container,
         "sh",
         "-c",
-        "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys",
+        "umask 077 && mkdir -p /root/.ssh && cat > /root/.ssh/authorized_keys && "
+        f"if [ -d {seed} ]; then mkdir -p /root/.cache/vllm && cp -R {seed}/. /root/.cache/vllm/; fi",
         input=pubkey,
     )
 
