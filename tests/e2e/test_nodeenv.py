@@ -158,3 +158,30 @@ def test_vllm_cache_seed_is_taken_by_vllm_itself(venv: Path, tmp_path: Path) -> 
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.mark.parametrize(("spawn", "method"), [("", "fork"), ("1", "spawn")])
+def test_platform_plugin_forks_unless_told_to_spawn(venv: Path, spawn: str, method: str) -> None:
+    """vLLM's CPU platform sets `spawn` in its config check; the test bed's platform forks (as vLLM
+    does on CUDA), unless VLLM_CPU_RAY_SPAWN=1. The CPU platform's own check is replaced by one that
+    only sets `spawn`: what is tested is the plugin's step after it."""
+    code = (
+        "import os\n"
+        "import vllm.platforms.cpu as cpu\n"
+        "from vllm_cpu_ray.platform import CpuRayPlatform\n"
+        "cpu.CpuPlatform.check_and_update_config = classmethod("
+        "lambda cls, cfg: os.environ.__setitem__('VLLM_WORKER_MULTIPROC_METHOD', 'spawn'))\n"
+        "CpuRayPlatform.check_and_update_config(None)\n"
+        "print(os.environ['VLLM_WORKER_MULTIPROC_METHOD'])"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_TARGET_DEVICE", "VLLM_WORKER_MULTIPROC_METHOD")}
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**env, "VLLM_CPU_RAY_SPAWN": spawn},
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == method
