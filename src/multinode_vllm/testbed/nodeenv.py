@@ -13,7 +13,6 @@ Contents (``SPEC``), and the test-bed fixes on top of a plain ``pip install``:
   ``PackageNotFoundError: No package metadata was found for vllm``.
 - the platform plugin ``tests/fixtures/vllm_cpu_ray`` (entry point ``vllm.platform_plugins``):
   vLLM's CPU platform refuses the Ray executor; ``CpuRayPlatform`` adds ``ray_device_key="GPU"``.
-
 - a seed for vLLM's cache (``<venv>/share/multinode-vllm/vllm-cache``, see ``SEED_ARCHS``): on its
   first start on a node, vLLM inspects the model class in a subprocess that imports vLLM once more
   (about 8 CPU-s and 9 s before the engine starts) unless ``$VLLM_CACHE_ROOT/modelinfos`` holds the
