@@ -24,10 +24,17 @@ def venv() -> Path:
     return nodeenv.build_node_venv()
 
 
-def vrun(venv: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_TARGET_DEVICE"}
+def vrun(venv: Path, *args: str, timeout: float = 300, **env: str) -> subprocess.CompletedProcess[str]:
+    """A program of the venv, with this environment less what would steer vLLM's platform or its
+    process start, plus ``env``."""
+    base = {k: v for k, v in os.environ.items() if k not in ("VLLM_TARGET_DEVICE", "VLLM_WORKER_MULTIPROC_METHOD")}
     return subprocess.run(
-        [str(venv / "bin" / args[0]), *args[1:]], capture_output=True, text=True, timeout=timeout, env=env, check=False
+        [str(venv / "bin" / args[0]), *args[1:]],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, **env},
+        check=False,
     )
 
 
@@ -147,15 +154,7 @@ def test_vllm_cache_seed_is_taken_by_vllm_itself(venv: Path, tmp_path: Path) -> 
         "r._run_in_subprocess = no_subprocess\n"
         "print(r.ModelRegistry.models['LlamaForCausalLM'].inspect_model_cls().supports_pp)"
     )
-    env = {k: v for k, v in os.environ.items() if k != "VLLM_TARGET_DEVICE"}
-    proc = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "VLLM_CACHE_ROOT": str(root)},
-        check=False,
-    )
+    proc = vrun(venv, "python", "-c", code, VLLM_CACHE_ROOT=str(root))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == "True"
 
@@ -174,14 +173,6 @@ def test_platform_plugin_forks_unless_told_to_spawn(venv: Path, spawn: str, meth
         "CpuRayPlatform.check_and_update_config(None)\n"
         "print(os.environ['VLLM_WORKER_MULTIPROC_METHOD'])"
     )
-    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_TARGET_DEVICE", "VLLM_WORKER_MULTIPROC_METHOD")}
-    proc = subprocess.run(
-        [str(venv / "bin" / "python"), "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**env, "VLLM_CPU_RAY_SPAWN": spawn},
-        check=False,
-    )
+    proc = vrun(venv, "python", "-c", code, VLLM_CPU_RAY_SPAWN=spawn)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip().splitlines()[-1] == method

@@ -85,8 +85,12 @@ def seed_cache_dir(path: Path | None = None) -> Path:
 def _seed_vllm_cache(path: Path, progress: _Progress) -> None:
     """Fill ``seed_cache_dir(path)`` with vLLM's inspection of every ``SEED_ARCHS`` class (vLLM's
     own cache format, written by vLLM: ``modelinfos/<module>-<class>.json`` with the module's hash)."""
+
+    def holds_every_arch(root: Path) -> bool:
+        return all(any((root / "modelinfos").glob(f"*-{arch}.json")) for arch in SEED_ARCHS)
+
     seed = seed_cache_dir(path)
-    if all(any((seed / "modelinfos").glob(f"*-{arch}.json")) for arch in SEED_ARCHS):
+    if holds_every_arch(seed):
         return
     code = (
         "import sys; from vllm.model_executor.models.registry import ModelRegistry as R\n"
@@ -97,8 +101,9 @@ def _seed_vllm_cache(path: Path, progress: _Progress) -> None:
         try:
             env = {**os.environ, "VLLM_CACHE_ROOT": str(tmp), "VLLM_LOGGING_LEVEL": "WARNING"}
             _run([str(path / "bin" / "python"), "-c", code, *SEED_ARCHS], "seed vLLM's cache", 300, env)
-            if not any((tmp / "modelinfos").glob("*.json")):
-                raise TestbedError(f"seeding vLLM's cache wrote nothing under {tmp}/modelinfos")
+            if not holds_every_arch(tmp):
+                archs = ", ".join(SEED_ARCHS)
+                raise TestbedError(f"seeding vLLM's cache wrote nothing for {archs} under {tmp}/modelinfos")
             shutil.rmtree(seed, ignore_errors=True)
             seed.parent.mkdir(parents=True, exist_ok=True)
             tmp.rename(seed)
