@@ -70,20 +70,47 @@ options:
         type: int
         default: 30
       when_active:
-        description: The unit that must run for the query.
+        description:
+          - The unit that must run for the query. An empty string asks Ray whatever runs (status:
+            the answer then says why Ray cannot be reached).
         type: str
         default: ray-head
+      status_cmd:
+        description:
+          - Also run this command (Ray's own C(ray status)) beside the query; its output is
+            RV(ray_status). Empty runs nothing.
+        type: list
+        elements: str
+        default: []
   health_url:
     description: Also GET this URL (vLLM's /health) when the unit O(health_when_active) runs; RV(health).
     type: str
   health_when_active:
-    description: The unit that must run for the O(health_url) read.
+    description: The unit that must run for the O(health_url) read; an empty string reads it whatever runs.
     type: str
     default: vllm
   health_timeout:
-    description: Seconds the O(health_url) read may take.
+    description: Seconds the O(health_url) read (and each of O(models_url) and O(metrics_url)) may take.
     type: int
     default: 10
+  models_url:
+    description:
+      - Also GET this URL (vLLM's /v1/models, with O(api_key)) beside the health read, when the
+        health read is made; RV(models).
+    type: str
+  api_key:
+    description: The bearer token of the O(models_url) read (vLLM's API key); none when empty.
+    type: str
+    default: ""
+  metrics_url:
+    description:
+      - Also GET this URL (vLLM's /metrics) twice, O(metrics_window) seconds apart, after a health
+        read that answered 200; RV(metrics).
+    type: str
+  metrics_window:
+    description: Seconds between the two O(metrics_url) reads.
+    type: float
+    default: 2
 author: multinode.vllm developers (@multinode)
 """
 
@@ -132,8 +159,25 @@ health:
   description: C(status) of the O(health_url) read (-1 without an answer) and C(msg).
   type: dict
   returned: when O(health_url) is given and its unit runs
+ray_status:
+  description: C(rc) and C(stdout_lines) of O(ray.status_cmd).
+  type: dict
+  returned: when O(ray.status_cmd) is given and Ray was asked
+models:
+  description: >-
+    C(status) of the O(models_url) read (-1 without an answer), C(msg) and C(json) (the parsed
+    body, or null).
+  type: dict
+  returned: when O(models_url) is given and the health read was made
+metrics:
+  description: >-
+    C(first) and C(second), the two O(metrics_url) reads, each with C(status) and C(content) (the
+    body, empty without an answer).
+  type: dict
+  returned: when O(metrics_url) is given and the health read answered 200
 """
 
+import json
 import os
 import threading
 import time
@@ -174,29 +218,78 @@ def ask_ray(module, spec, argv):
     return verdict(summary, error, spec["address"], spec["expected_nodes"], spec["expected_gpus"])
 
 
-def ask_health(url, timeout):
+def http_get(url, timeout, headers=None):
+    """{status, msg, body}: status -1 without an answer (an HTTPError carries its code)."""
     try:
-        resp = open_url(url, timeout=timeout, validate_certs=False)
-        return {"status": resp.getcode(), "msg": "OK"}
-    except Exception as exc:  # an HTTPError carries its code; anything else is no answer
+        resp = open_url(url, timeout=timeout, validate_certs=False, headers=headers or {})
+        return {"status": resp.getcode(), "msg": "OK", "body": resp.read()}
+    except Exception as exc:
         code = getattr(exc, "code", None)
-        return {"status": code if isinstance(code, int) else -1, "msg": str(exc)}
+        return {"status": code if isinstance(code, int) else -1, "msg": str(exc), "body": b""}
+
+
+def ask_health(url, timeout):
+    got = http_get(url, timeout)
+    return {"status": got["status"], "msg": got["msg"]}
+
+
+def ask_models(url, timeout, api_key):
+    got = http_get(url, timeout, {"Authorization": "Bearer " + api_key} if api_key else None)
+    try:
+        parsed = json.loads(got["body"]) if got["status"] == 200 else None
+    except ValueError:
+        parsed = None
+    return {"status": got["status"], "msg": got["msg"], "json": parsed}
+
+
+def ask_metrics(url, timeout, window):
+    """Two reads of /metrics, window seconds apart (rates: tokens/s, requests/s)."""
+    reads = []
+    for i in range(2):
+        if i:
+            time.sleep(window)
+        got = http_get(url, timeout)
+        reads.append({"status": got["status"], "content": got["body"].decode("utf-8", "replace")})
+    return {"first": reads[0], "second": reads[1]}
+
+
+def runs(units, name):
+    """Whether the probe of unit `name` is made: it runs, or no unit was named ('')."""
+    return not name or bool((units.get(name) or {}).get("active"))
 
 
 def probes(module, units):
-    """The Ray query and the health read, each only when its unit runs, at the same time."""
+    """The Ray query, Ray's status, and vLLM's health (then its metrics) and models, each only
+    when its unit runs, at the same time: a head's whole probe is one round trip."""
     p = module.params
     jobs = {}
+    out = {}  # the jobs' answers; the health job adds the metrics it read after a 200
     ray = p["ray"]
-    if ray and (units.get(ray["when_active"]) or {}).get("active"):
+    if ray and runs(units, ray["when_active"]):
         try:  # checked here: fail_json in a thread would end the thread, not the module
             argv = build_query_argv(ray["python_cmd"], ray["address"], ray["query_timeout"])
         except ValueError as exc:
             module.fail_json(msg=str(exc))
         jobs["ray"] = lambda: ask_ray(module, ray, argv)
-    if p["health_url"] and (units.get(p["health_when_active"]) or {}).get("active"):
-        jobs["health"] = lambda: ask_health(p["health_url"], p["health_timeout"])
-    out = {}
+        if ray["status_cmd"]:
+
+            def ray_status():
+                rc, out, _err = module.run_command(ray["status_cmd"], check_rc=False)
+                return {"rc": rc, "stdout_lines": out.splitlines()}
+
+            jobs["ray_status"] = ray_status
+    if p["health_url"] and runs(units, p["health_when_active"]):
+        timeout = p["health_timeout"]
+
+        def health():
+            got = ask_health(p["health_url"], timeout)
+            if p["metrics_url"] and got["status"] == 200:
+                out["metrics"] = ask_metrics(p["metrics_url"], timeout, p["metrics_window"])
+            return got
+
+        jobs["health"] = health
+        if p["models_url"]:
+            jobs["models"] = lambda: ask_models(p["models_url"], timeout, p["api_key"])
 
     def one(key):
         out[key] = jobs[key]()
@@ -231,11 +324,16 @@ def main():
                     expected_gpus=dict(type="float"),
                     query_timeout=dict(type="int", default=30),
                     when_active=dict(type="str", default="ray-head"),
+                    status_cmd=dict(type="list", elements="str", default=[]),
                 ),
             ),
             health_url=dict(type="str"),
             health_when_active=dict(type="str", default="vllm"),
             health_timeout=dict(type="int", default=10),
+            models_url=dict(type="str"),
+            api_key=dict(type="str", default="", no_log=True),
+            metrics_url=dict(type="str"),
+            metrics_window=dict(type="float", default=2),
         ),
         supports_check_mode=True,
     )

@@ -447,3 +447,99 @@ def test_the_head_probe_refuses_an_empty_python_before_asking(
     args["ray"]["python_cmd"] = []
     out = run_main(args, capsys)
     assert out["failed"] is True and out["msg"].startswith("python_cmd is empty")
+
+
+@pytest.fixture
+def vllm_server() -> Any:
+    """vLLM's /health, /v1/models (behind a key) and /metrics (a counter that grows per read) on loopback."""
+    import http.server
+    import threading
+
+    state: dict[str, Any] = {"health": 200, "metric_reads": 0, "auth": []}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            code, body = 404, b""
+            if self.path == "/health":
+                code = state["health"]
+            elif self.path == "/v1/models":
+                state["auth"].append(self.headers.get("Authorization"))
+                ok = self.headers.get("Authorization") == "Bearer sk-test"
+                code, body = (200, b'{"data": [{"id": "tiny"}]}') if ok else (401, b'{"error": "no key"}')
+            elif self.path == "/metrics":
+                state["metric_reads"] += 1
+                code, body = 200, f"vllm:generation_tokens_total {10 * state['metric_reads']}\n".encode()
+            self.send_response(code)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", state
+    server.shutdown()
+
+
+def status_args(tmp_path: Path, base: str, key: str = "sk-test") -> dict[str, Any]:
+    """What playbooks/status.yml asks of the head: everything, whatever runs."""
+    args = probe_args(tmp_path, base + "/health", RAY_NODES)
+    args["ray"].update(when_active="", status_cmd=["sh", "-c", "echo '======== Autoscaler status'; echo 'Active:'"])
+    args.update(
+        health_when_active="",
+        models_url=base + "/v1/models",
+        api_key=key,
+        metrics_url=base + "/metrics",
+        metrics_window=0.2,
+    )
+    return args
+
+
+def test_the_status_probe_reads_ray_its_status_health_models_and_metrics_in_one_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], vllm_server: Any
+) -> None:
+    base, state = vllm_server
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("active", T0)})
+    t0 = time.monotonic()
+    out = run_main(status_args(tmp_path, base), capsys)
+    assert time.monotonic() - t0 >= 0.2  # the metrics window lies between the two reads
+    assert out["ray"]["ok"] is True and out["ray_status"] == {
+        "rc": 0,
+        "stdout_lines": ["======== Autoscaler status", "Active:"],
+    }
+    assert out["health"]["status"] == 200
+    assert out["models"]["status"] == 200 and out["models"]["json"] == {"data": [{"id": "tiny"}]}
+    assert state["auth"] == ["Bearer sk-test"]
+    first, second = out["metrics"]["first"], out["metrics"]["second"]
+    assert (first["status"], second["status"]) == (200, 200)
+    assert first["content"] == "vllm:generation_tokens_total 10\n"
+    assert second["content"] == "vllm:generation_tokens_total 20\n"
+    assert "sk-test" not in json.dumps(out)  # the key is no_log: never in the result
+    # what status makes of it: the same summary as from the uri reads it replaces
+    st = _units.cluster_status("native", "ray", ["node1"], {}, out["ray"], out["health"], out["models"], "e")
+    assert st["vllm"]["models"] == ["tiny"] and st["vllm"]["health"] == 200
+
+
+def test_the_status_probe_asks_ray_and_vllm_also_when_their_units_are_down(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], vllm_server: Any
+) -> None:
+    base, state = vllm_server
+    state["health"] = 503
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("failed", T0), "vllm": ("inactive", 0)})
+    out = run_main(status_args(tmp_path, base, key=""), capsys)
+    assert (tmp_path / "ray-calls").exists() and out["ray"]["ok"] is True  # asked: the answer explains
+    assert out["health"]["status"] == 503
+    assert "metrics" not in out and state["metric_reads"] == 0  # no metrics from an unhealthy vLLM
+    assert out["models"]["status"] == 401 and out["models"]["json"] is None  # no key sent: refused
+    assert state["auth"] == [None]
+
+
+def test_the_status_probe_without_an_answer_is_minus_one_everywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake_tools(tmp_path, monkeypatch, {"ray-head": ("active", T0), "vllm": ("active", T0)})
+    out = run_main(status_args(tmp_path, "http://127.0.0.1:9"), capsys)  # the discard port: refused
+    assert out["health"]["status"] == -1 and out["models"]["status"] == -1 and out["models"]["json"] is None
+    assert "metrics" not in out
