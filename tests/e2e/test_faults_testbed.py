@@ -1,8 +1,9 @@
 """Fault injection on the simulated cluster: each fault is reported by status and healed by a rerun.
 
-On its own test bed (``mnv-fault``, 2 nodes, bond0, native runtime, ray backend, the tiny Llama with
-PP 2 across the two nodes) the serving path (cluster.yml + serve.yml) runs once, then, one after
-the other:
+On the session test bed (``mnv-e2e``, 2 nodes, bond0, native runtime, ray backend, the tiny Llama
+with PP 2 across the two nodes; shared with test_serve_testbed.py, which leaves it torn down, so the
+bring-up here is a converge from stopped, not from bare nodes) the serving path (cluster.yml +
+serve.yml) runs once, then, one after the other:
 
 1. a worker's Ray killed and kept down (SIGKILL, then ``systemctl stop``);
 2. vLLM killed (SIGKILL of its main PID; systemd's Restart=on-failure races the rerun);
@@ -28,7 +29,9 @@ Times (inject → reported, rerun) and pass/fail per fault are printed (pytest -
 benchmarks/results/faults-<UTC>.json.
 
 Run it under the heavy lock: ``flock /tmp/mnv-heavy.lock .venv/bin/pytest -s -m e2e
-tests/e2e/test_faults_testbed.py`` (about 17 minutes on 2 cores). MNV_E2E_KEEP=1 keeps the bed.
+tests/e2e/test_faults_testbed.py`` (about 17 minutes on 2 cores). MNV_E2E_KEEP=1 keeps the bed. Every
+fault is healed before the next; at the end the bed's Ray and vLLM are stopped (idle engines would
+take CPU from the modules after this one; the next converge starts them).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ import json
 import os
 import re
 import shlex
-import shutil
 import signal
 import subprocess
 import time
@@ -57,7 +59,6 @@ from multinode_vllm.testbed.nodes import ssh_ok
 
 pytestmark = pytest.mark.e2e
 
-BED = "mnv-fault"
 RERUN_TIMEOUT = 900
 STATUS_TIMEOUT = 300
 DETECT_WITHIN = 240  # seconds from the injection to a status run that reports the fault
@@ -143,14 +144,12 @@ class FaultStory(Story):
 
 
 @pytest.fixture(scope="module")
-def bed() -> Iterator[tb.Testbed]:
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed: run scripts/bootstrap (or testbed up --install-deps)")
+def bed(testbed: tb.Testbed) -> Iterator[tb.Testbed]:
+    """The session bed (conftest.testbed: brought up once, shared): the faults heal what they break."""
     if not (node_venv() / "bin" / "vllm").exists():
         pytest.fail(f"node venv {node_venv()} missing: build it (multinode-vllm testbed) or set MNV_NODE_VENV")
-    RUN.update(testbed=BED, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    RUN.update(testbed=testbed.name, started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     t0 = time.monotonic()
-    testbed = tb.up(tb.TestbedSpec(name=BED, nodes=2, layout="bond0", local_inventory=False))
     model = Path(testbed.shared_dir) / "models" / "tiny-llama"
     if not (model / "config.json").exists():
         from multinode_vllm.testbed.tinymodel import make_tiny_llama
@@ -162,7 +161,8 @@ def bed() -> Iterator[tb.Testbed]:
     finally:
         write_results()
         if not os.environ.get("MNV_E2E_KEEP"):
-            tb.down(BED)
+            for i in range(1, len(testbed.nodes) + 1):
+                testbed.exec(i, ["systemctl", "stop", "vllm", "ray-head", "ray-worker"], check=False)
 
 
 @pytest.fixture(scope="module")

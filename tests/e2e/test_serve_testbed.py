@@ -328,3 +328,7 @@ def test_teardown_stops_everything_and_keeps_the_model(story: Story) -> None:
     assert (Path(story.tb.shared_dir) / "models" / "tiny-llama" / "config.json").exists()
     assert story.node_sh(1, "ls /etc/systemd/system/vllm.service", check=False).returncode != 0
     print(f"\n[phases] {json.dumps(PHASE_SECONDS)}")
+    # teardown.yml leaves monitoring alone (it watches more than vLLM); here, Prometheus scraping at 2 s
+    # and the exporters would take CPU from the modules after this one (test_faults reuses this bed)
+    for i, units in ((1, "prometheus prometheus-node-exporter"), (2, "prometheus-node-exporter")):
+        story.node_sh(i, f"systemctl stop {units}", check=False)
