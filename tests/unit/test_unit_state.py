@@ -8,10 +8,14 @@ the cases below are theirs.
 
 from __future__ import annotations
 
+import contextlib
+import http.server
 import json
 import os
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -363,27 +367,35 @@ def fake_ray_python(tmp_path: Path, nodes: list[dict[str, Any]]) -> str:
     return str(script)
 
 
-@pytest.fixture
-def health_server() -> Any:
-    """vLLM's /health on loopback: 200, or what HEALTH['status'] says."""
-    import http.server
-    import threading
+@contextlib.contextmanager
+def loopback(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """An HTTP server with this handler on a free loopback port: its base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
 
+
+class QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def health_server() -> Iterator[tuple[str, dict[str, int]]]:
+    """vLLM's /health on loopback: 200, or what status['code'] says."""
     status = {"code": 200}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             self.send_response(status["code"])
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/health", status
-    server.shutdown()
+    with loopback(Handler) as base:
+        yield f"{base}/health", status
 
 
 def probe_args(tmp_path: Path, url: str, nodes: list[dict[str, Any]]) -> dict[str, Any]:
@@ -450,14 +462,11 @@ def test_the_head_probe_refuses_an_empty_python_before_asking(
 
 
 @pytest.fixture
-def vllm_server() -> Any:
+def vllm_server() -> Iterator[tuple[str, dict[str, Any]]]:
     """vLLM's /health, /v1/models (behind a key) and /metrics (a counter that grows per read) on loopback."""
-    import http.server
-    import threading
-
     state: dict[str, Any] = {"health": 200, "metric_reads": 0, "auth": []}
 
-    class Handler(http.server.BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             code, body = 404, b""
             if self.path == "/health":
@@ -473,14 +482,8 @@ def vllm_server() -> Any:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", state
-    server.shutdown()
+    with loopback(Handler) as base:
+        yield base, state
 
 
 def status_args(tmp_path: Path, base: str, key: str = "sk-test") -> dict[str, Any]:
