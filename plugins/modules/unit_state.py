@@ -71,8 +71,8 @@ options:
         default: 30
       when_active:
         description:
-          - The unit that must run for the query. An empty string asks Ray whatever runs (status:
-            the answer then says why Ray cannot be reached).
+          - The unit that must run for the query. An empty string asks Ray whatever runs (the
+            status playbook does, so that the answer says why Ray cannot be reached).
         type: str
         default: ray-head
       status_cmd:
