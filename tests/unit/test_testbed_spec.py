@@ -276,7 +276,7 @@ def test_the_e2e_beds_never_share_a_default_subnet() -> None:
         if "subnet_index=free_index()" in text:
             found -= set(re.findall(r'^NAME\s*=\s*"(mnv[\w-]*)"', text, re.M))
         names |= found
-    assert {"mnv-e2e", "mnv-fault", "mnv-slurm", "mnv-mp"} <= names, names  # the search finds them
+    assert {"mnv-e2e", "mnv-prep", "mnv-slurm", "mnv-mp"} <= names, names  # the search finds them
     by_index: dict[int, list[str]] = {}
     for name in sorted(names):
         by_index.setdefault(default_subnet_index(name), []).append(name)
