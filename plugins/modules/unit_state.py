@@ -274,8 +274,8 @@ def probes(module, units):
         if ray["status_cmd"]:
 
             def ray_status():
-                rc, out, _err = module.run_command(ray["status_cmd"], check_rc=False)
-                return {"rc": rc, "stdout_lines": out.splitlines()}
+                rc, stdout, _err = module.run_command(ray["status_cmd"], check_rc=False)
+                return {"rc": rc, "stdout_lines": stdout.splitlines()}
 
             jobs["ray_status"] = ray_status
     if p["health_url"] and runs(units, p["health_when_active"]):
